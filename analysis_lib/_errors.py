@@ -1,0 +1,76 @@
+"""The errors beamside raises, in one place.
+
+Every error a user can meet says which file, which dataset and what is wrong,
+so that a scientist on the other side of Europe can act on it without asking
+the facility. ``AccessDenied`` is a ``PermissionError`` and ``DataError`` a
+``ValueError`` so that generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+
+class BeamsideError(Exception):
+    """Base class of every error raised on purpose by beamside."""
+
+
+class AccessDenied(BeamsideError, PermissionError):
+    """The user may not read (or write) this path, beamtime or object."""
+
+
+class CatalogError(BeamsideError, ValueError):
+    """The beamtime catalog file is missing or not in the documented shape."""
+
+
+class DataError(BeamsideError, ValueError):
+    """A file cannot be read as the data it claims to be.
+
+    ``file`` and ``dataset`` say where; ``reason`` says what is wrong. The
+    message puts all three together so a traceback alone is enough.
+    """
+
+    def __init__(self, reason: str, *, file: str | None = None, dataset: str | None = None):
+        self.reason = reason
+        self.file = None if file is None else str(file)
+        self.dataset = dataset
+        where = []
+        if self.file:
+            where.append(f"file {self.file!r}")
+        if dataset:
+            where.append(f"dataset {dataset!r}")
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+    def __reduce__(self):
+        # Keep file/dataset when the error travels back from a Dask worker.
+        return (_rebuild_data_error, (type(self), self.reason, self.file, self.dataset))
+
+
+def _rebuild_data_error(cls, reason, file, dataset):
+    return cls(reason, file=file, dataset=dataset)
+
+
+class NotHDF5Error(DataError):
+    """The file is not HDF5 at all (wrong signature)."""
+
+
+class TruncatedFileError(DataError):
+    """The file ends before data it declares (an interrupted copy or write)."""
+
+
+class CorruptChunkError(DataError):
+    """A stored chunk does not decode to the size and layout it declares."""
+
+
+class UnknownFilterError(DataError):
+    """A dataset is compressed with a filter this installation cannot decode."""
+
+
+class TooLargeError(DataError):
+    """A dataset, chunk or attribute declares more bytes than the configured budget."""
+
+
+class NexusStructureError(DataError):
+    """NeXus attributes (``@default``, ``@signal``, ``@axes`` …) are missing or broken."""
+
+
+class ProbeFailedError(DataError):
+    """Inspecting the file hung or crashed the HDF5 library (the probe was stopped)."""

@@ -1,0 +1,252 @@
+"""The beamtime catalog: the one source of truth for who may read what.
+
+At a facility the catalog is fed by the user-office system; here it is a YAML
+file the admin points to with ``BEAMSIDE_CATALOG``. The hub reads it at spawn
+time (which beamtimes to mount), the Dask gateway reads it for worker mounts,
+and the library reads it again before opening anything (defence in depth).
+All three use this module, never a copy of its rules.
+
+Shape (admins write it by hand; keep it backward compatible)::
+
+    data_root: /data
+    beamtimes:
+      - id: bt-1001
+        title: "In-situ XRD of battery cathodes"
+        path: bt-1001
+        confidential: false
+        members:
+          - {user: alice, role: pi}
+          - {user: carol, role: member, until: 2027-01-31}
+
+Paths are compared as real paths, component by component: symlinks are
+resolved first, ``..`` is refused outright, and ``/data/p1`` never matches
+``/data/p12``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+from ._errors import AccessDenied, CatalogError
+
+__all__ = ["Beamtime", "Catalog", "Member", "current_user", "load_catalog"]
+
+CATALOG_ENV = "BEAMSIDE_CATALOG"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One user's membership of a beamtime; ``until`` is the last day of access."""
+
+    user: str
+    role: str = "member"
+    until: _dt.date | None = None
+
+    def active(self, today: _dt.date) -> bool:
+        return self.until is None or today <= self.until
+
+
+@dataclass(frozen=True)
+class Beamtime:
+    """One proposal's data: an id, a folder under the data root, its members."""
+
+    id: str
+    title: str
+    path: Path  # absolute, as written (data_root / path); see ``real_path``
+    confidential: bool = False
+    members: tuple[Member, ...] = ()
+
+    @property
+    def real_path(self) -> Path:
+        """The folder with symlinks resolved: what access checks compare against."""
+        return Path(os.path.realpath(self.path))
+
+    def readable_by(self, user: str, today: _dt.date | None = None) -> bool:
+        today = today or _dt.date.today()
+        return any(m.user == user and m.active(today) for m in self.members)
+
+    def role_of(self, user: str) -> str | None:
+        return next((m.role for m in self.members if m.user == user), None)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """All beamtimes of a facility (or of a demo), loaded from the catalog file."""
+
+    data_root: Path
+    beamtimes: tuple[Beamtime, ...] = ()
+    source: Path | None = field(default=None, compare=False)
+
+    # -- loading ---------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, doc: object, source: Path | None = None) -> "Catalog":
+        where = f"catalog {str(source)!r}" if source else "catalog"
+        if not isinstance(doc, dict):
+            raise CatalogError(f"{where}: expected a mapping with 'data_root' and 'beamtimes'")
+        root = doc.get("data_root")
+        if not isinstance(root, str) or not os.path.isabs(root):
+            raise CatalogError(f"{where}: 'data_root' must be an absolute path, got {root!r}")
+        entries = doc.get("beamtimes") or []
+        if not isinstance(entries, list):
+            raise CatalogError(f"{where}: 'beamtimes' must be a list")
+        seen: set[str] = set()
+        beamtimes = []
+        for i, entry in enumerate(entries):
+            bt = _parse_beamtime(entry, Path(root), f"{where}, beamtimes[{i}]")
+            if bt.id in seen:
+                raise CatalogError(f"{where}: beamtime id {bt.id!r} appears twice")
+            seen.add(bt.id)
+            beamtimes.append(bt)
+        return cls(Path(root), tuple(beamtimes), source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> "Catalog":
+        """Read the catalog file (``BEAMSIDE_CATALOG`` when no path is given)."""
+        path = path or os.environ.get(CATALOG_ENV)
+        if not path:
+            raise CatalogError(
+                f"no beamtime catalog: set {CATALOG_ENV} to the catalog file the facility provides"
+            )
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise CatalogError(f"catalog {str(path)!r}: cannot read it ({exc.strerror})") from None
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise CatalogError(f"catalog {str(path)!r}: not valid YAML ({exc})") from None
+        return cls.from_dict(doc, path)
+
+    # -- questions -------------------------------------------------------------
+    def readable(self, user: str, today: _dt.date | None = None) -> list[Beamtime]:
+        """The beamtimes ``user`` may read today, in catalog order."""
+        return [bt for bt in self.beamtimes if bt.readable_by(user, today)]
+
+    def find(self, beamtime_id: str, user: str) -> Beamtime:
+        """The beamtime ``beamtime_id`` if ``user`` may read it, else ``AccessDenied``.
+
+        A confidential beamtime the user does not belong to gets the very same
+        answer as one that does not exist: not even its id leaks.
+        """
+        for bt in self.beamtimes:
+            if bt.id != beamtime_id:
+                continue
+            if bt.readable_by(user):
+                return bt
+            if not bt.confidential:
+                raise AccessDenied(f"user {user!r} is not (or no longer) a member of beamtime {bt.id!r}")
+        raise AccessDenied(f"no beamtime {beamtime_id!r} that user {user!r} may read")
+
+    def beamtime_of(self, path: str | os.PathLike) -> Beamtime | None:
+        """The beamtime whose folder holds ``path`` (by real path), if any."""
+        real = Path(os.path.realpath(path))
+        for bt in self.beamtimes:
+            if real.is_relative_to(bt.real_path):
+                return bt
+        return None
+
+    def inside_data(self, path: str | os.PathLike) -> bool:
+        """True when ``path`` (by real path) lies under the data root or any beamtime."""
+        real = Path(os.path.realpath(path))
+        roots = [Path(os.path.realpath(self.data_root))] + [bt.real_path for bt in self.beamtimes]
+        return any(real.is_relative_to(r) for r in roots)
+
+    def resolve(self, ref: str | os.PathLike, user: str) -> Path:
+        """The real path of ``ref`` if ``user`` may read it, else ``AccessDenied``.
+
+        ``ref`` is ``"<beamtime-id>/<path inside it>"`` or an absolute path.
+        """
+        text = os.fspath(ref)
+        if ".." in PurePosixPath(text).parts:
+            raise AccessDenied(f"{text!r}: '..' is not allowed in data references")
+        if os.path.isabs(text):
+            real = Path(os.path.realpath(text))
+            for bt in self.readable(user):
+                if real.is_relative_to(bt.real_path):
+                    return real
+            raise AccessDenied(f"{text!r} is not inside a beamtime that user {user!r} may read")
+        beamtime_id, _, rest = text.partition("/")
+        bt = self.find(beamtime_id, user)
+        real = Path(os.path.realpath(bt.path / rest))
+        # The real path (after symlinks) must still lie in a beamtime the user reads.
+        if real.is_relative_to(bt.real_path) or any(
+            real.is_relative_to(other.real_path) for other in self.readable(user)
+        ):
+            return real
+        raise AccessDenied(f"{text!r} leads outside beamtime {bt.id!r} (to a place user {user!r} may not read)")
+
+
+def _parse_beamtime(entry: object, root: Path, where: str) -> Beamtime:
+    if not isinstance(entry, dict):
+        raise CatalogError(f"{where}: expected a mapping")
+    bt_id = entry.get("id")
+    if not isinstance(bt_id, str) or not bt_id or "/" in bt_id or bt_id in (".", ".."):
+        raise CatalogError(f"{where}: 'id' must be a non-empty name without '/', got {bt_id!r}")
+    rel = entry.get("path", bt_id)
+    if not isinstance(rel, str) or os.path.isabs(rel) or ".." in PurePosixPath(rel).parts or not rel.strip("./"):
+        raise CatalogError(f"{where} ({bt_id}): 'path' must be relative to data_root without '..', got {rel!r}")
+    members = []
+    for j, m in enumerate(entry.get("members") or []):
+        if not isinstance(m, dict) or not isinstance(m.get("user"), str):
+            raise CatalogError(f"{where} ({bt_id}), members[{j}]: expected {{user: NAME, role: ROLE}}")
+        members.append(Member(m["user"], str(m.get("role", "member")), _parse_date(m.get("until"), where)))
+    return Beamtime(
+        id=bt_id,
+        title=str(entry.get("title", "")),
+        path=root / rel,
+        confidential=bool(entry.get("confidential", False)),
+        members=tuple(members),
+    )
+
+
+def _parse_date(value: object, where: str) -> _dt.date | None:
+    if value is None or isinstance(value, _dt.date):
+        return value
+    try:
+        return _dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise CatalogError(f"{where}: 'until' must be a date like 2027-01-31, got {value!r}") from None
+
+
+def current_user(user: str | None = None) -> str:
+    """Who is asking: explicit, else ``JUPYTERHUB_USER``, else the Unix login name."""
+    return user or os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+
+_cache_lock = threading.Lock()
+_cache: dict[str, tuple[tuple[int, int], Catalog]] = {}
+
+
+def load_catalog(catalog: "Catalog | str | os.PathLike | None" = None) -> Catalog:
+    """The catalog object for ``catalog`` (an object, a path, or ``BEAMSIDE_CATALOG``).
+
+    Re-read whenever the file changes, so a membership the user office removes
+    takes effect without restarting anything.
+    """
+    if isinstance(catalog, Catalog):
+        return catalog
+    path = catalog or os.environ.get(CATALOG_ENV)
+    if not path:
+        return Catalog.load(None)  # raises the helpful CatalogError
+    key = os.path.abspath(path)
+    try:
+        st = os.stat(key)
+        stamp = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        return Catalog.load(key)
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit and hit[0] == stamp:
+            return hit[1]
+    loaded = Catalog.load(key)
+    with _cache_lock:
+        _cache[key] = (stamp, loaded)
+    return loaded
