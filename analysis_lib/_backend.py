@@ -20,7 +20,7 @@ from . import _config
 from ._access import Boundary
 from ._chunks import reader_for
 from ._layout import FileDescription
-from ._probe import describe
+from ._probe import describe, tree
 from .catalog import CATALOG_ENV, current_user, load_catalog
 
 SOURCE_ATTR = "beamside_source"  # provenance: the real path a result came from
@@ -54,19 +54,25 @@ def access_policy(path, *, user=None, catalog=None) -> tuple[str, Boundary]:
     return real, Boundary([os.path.dirname(real)])
 
 
+def _guards() -> dict:
+    """The probe's time, memory and size bounds, from beamside's Dask config."""
+    return {
+        "timeout": float(_config.get("probe.timeout")),
+        "memory_bytes": _config.get_bytes("probe.memory"),
+        "limits": {k: _config.get_bytes(f"limits.{k}") for k in ("dataset-bytes", "chunk-bytes", "attribute-bytes")},
+    }
+
+
 def describe_file(path, *, signal=None, dataset=None, user=None, catalog=None) -> FileDescription:
     """Inspect ``path`` under the access policy, in the guarded probe process."""
     real, boundary = access_policy(path, user=user, catalog=catalog)
-    limits = {k: _config.get_bytes(f"limits.{k}") for k in ("dataset-bytes", "chunk-bytes", "attribute-bytes")}
-    return describe(
-        real,
-        boundary,
-        signal=signal,
-        dataset=dataset,
-        timeout=float(_config.get("probe.timeout")),
-        memory_bytes=_config.get_bytes("probe.memory"),
-        limits=limits,
-    )
+    return describe(real, boundary, signal=signal, dataset=dataset, **_guards())
+
+
+def file_tree(path, *, user=None, catalog=None) -> tuple[str, list[dict]]:
+    """The real path and every object of the file (for ``beamside info``), guarded likewise."""
+    real, boundary = access_policy(path, user=user, catalog=catalog)
+    return real, tree(real, boundary, **_guards())
 
 
 def dataset_from_description(desc: FileDescription) -> xr.Dataset:

@@ -382,7 +382,7 @@ class H5Reader:
         with _h5_lock:
             f = _h5_files.get(k)
             if f is None:
-                f = _h5_files[k] = h5py.File(s.file, "r", locking=False)
+                f = _h5_files[k] = h5py.File(s.file, "r")  # default locking: match handles the user opened
         ranges, drop = _normalise(key, self.shape)
         sel = tuple(slice(a, b, st) for a, b, st in ranges)
         try:

@@ -94,6 +94,7 @@ def describe(
             _cache.move_to_end(key)
             return _cache[key]
     request = {
+        "mode": "describe",
         "path": path,
         "signal": signal,
         "dataset": dataset,
@@ -101,6 +102,26 @@ def describe(
         "memory_bytes": memory_bytes,
         "limits": limits,
     }
+    doc = _run_child(request, timeout, dataset or signal)
+    description = FileDescription.from_json_dict(doc)
+    with _cache_lock:
+        _cache[key] = description
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return description
+
+
+def tree(path: str | os.PathLike, boundary: Boundary, *, timeout: float, memory_bytes: int, limits: dict) -> list[dict]:
+    """Every object of the file (links shown, never followed), from the guarded child."""
+    path = os.path.realpath(path)
+    check_signature(path)
+    request = {"mode": "tree", "path": path, "roots": [str(r) for r in boundary.roots],
+               "memory_bytes": memory_bytes, "limits": limits}
+    return _run_child(request, timeout, None)["tree"]
+
+
+def _run_child(request: dict, timeout: float, dataset: str | None) -> dict:
+    path = request["path"]
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "analysis_lib._probe"],
@@ -114,7 +135,7 @@ def describe(
             f"inspecting the file did not finish within {timeout:g} s (the HDF5 library hung on it); "
             "the file is probably corrupt or hostile — raise beamside.probe.timeout only if it is merely huge",
             file=path,
-            dataset=dataset or signal,
+            dataset=dataset,
         ) from None
     if proc.returncode != 0:
         how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
@@ -123,17 +144,12 @@ def describe(
             f"the HDF5 library crashed while inspecting the file ({how}); the file is probably corrupt. "
             + " | ".join(tail),
             file=path,
-            dataset=dataset or signal,
+            dataset=dataset,
         )
     doc = json.loads(proc.stdout)
     if "error" in doc:
         raise _error_from_child(doc["error"])
-    description = FileDescription.from_json_dict(doc)
-    with _cache_lock:
-        _cache[key] = description
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return description
+    return doc
 
 
 def _error_from_child(err: dict) -> Exception:
@@ -452,6 +468,9 @@ def _default_dims(ndim: int) -> list[str]:
     return [f"scan_{i}" for i in range(ndim - 2)] + ["row", "column"]
 
 
+_MAX_TREE = 10_000
+
+
 class _Describer(_Inspector):
     """Builds the :class:`FileDescription` of a NeXus default signal or a named dataset."""
 
@@ -467,6 +486,46 @@ class _Describer(_Inspector):
             return FileDescription(self.path, posixpath.dirname(dataset) or "/", [var], [], self.attrs(f))
         group, gpath = self.nxdata()
         return self.describe_nxdata(group, gpath, signal)
+
+    def tree(self) -> list[dict]:
+        """Every link in the file, depth first; datasets with shape, dtype, chunks, filters."""
+        h5py = self.h5py
+        entries: list[dict] = []
+
+        def walk(group, path):
+            for name in group:
+                if len(entries) >= _MAX_TREE:
+                    return
+                child_path = posixpath.join(path, name)
+                link = group.get(name, getlink=True)
+                if isinstance(link, h5py.SoftLink):
+                    entries.append({"path": child_path, "kind": "soft link", "target": link.path})
+                    continue
+                if isinstance(link, h5py.ExternalLink):
+                    entries.append({"path": child_path, "kind": "external link", "target": f"{link.filename}:{link.path}"})
+                    continue
+                obj = group[name]
+                entry = {"path": child_path, "nx_class": self.attr(obj, "NX_class")}
+                if isinstance(obj, h5py.Group):
+                    entry.update(kind="group", default=self.attr(obj, "default"), signal=self.attr(obj, "signal"))
+                    entries.append(entry)
+                    walk(obj, child_path)
+                else:
+                    dcpl = obj.id.get_create_plist()
+                    entry.update(
+                        kind="dataset",
+                        shape=list(obj.shape or ()),
+                        dtype=str(obj.dtype),
+                        chunks=list(obj.chunks) if obj.chunks else None,
+                        filters=[_name(dcpl.get_filter(i)[3]) or str(dcpl.get_filter(i)[0]) for i in range(dcpl.get_nfilters())],
+                        virtual=bool(obj.is_virtual),
+                        external=bool(obj.external),
+                        units=self.attr(obj, "units"),
+                    )
+                    entries.append(entry)
+
+        walk(self.root_file["/"], "/")
+        return entries
 
     def nxdata(self):
         """Follow the NeXus ``@default`` chain from the root to an NXdata group."""
@@ -595,7 +654,10 @@ def _child_main() -> int:
     limits = {k: int(v) for k, v in request["limits"].items()}
     try:
         inspector = _Describer(request["path"], Boundary(request["roots"]), limits)
-        out = inspector.describe(request["signal"], request["dataset"]).to_json_dict()
+        if request["mode"] == "tree":
+            out = {"tree": inspector.tree()}
+        else:
+            out = inspector.describe(request["signal"], request["dataset"]).to_json_dict()
     except (DataError, AccessDenied) as exc:
         out = {"error": {"type": type(exc).__name__, "reason": getattr(exc, "reason", str(exc)),
                          "file": getattr(exc, "file", None), "dataset": getattr(exc, "dataset", None)}}

@@ -1,0 +1,106 @@
+"""``al.cluster()``: one call gives a Dask client, wherever the notebook runs.
+
+On the hub, user servers get dask-gateway's config (``gateway.address``), and
+the cluster's scheduler and workers run beside the data with the user's own
+beamtime access. Anywhere else (a laptop, a test, a CLI run) it is a
+LocalCluster of worker processes sized to the machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dask
+import dask.config
+
+__all__ = ["cluster", "compute"]
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def cluster(*, workers: int | None = None, cores: int | None = None, memory: str | None = None, **options):
+    """A ``distributed.Client`` on the user's cluster: dask-gateway when configured, else local.
+
+    ``workers`` is how many worker processes, ``cores`` the threads (cores) per
+    worker and ``memory`` each worker's memory (``"4 GiB"``). Other keyword
+    arguments go to the gateway's cluster options. Close the client (or use
+    ``with``) to end a local cluster; a gateway cluster ends with
+    ``client.cluster.shutdown()`` or when the user's server stops.
+    """
+    if dask.config.get("gateway.address", None):
+        return _gateway_client(workers, cores, memory, options)
+    return _local_client(workers, cores, memory)
+
+
+def _gateway_client(workers, cores, memory, options):
+    from dask_gateway import Gateway
+
+    gateway = Gateway()
+    cluster_options = gateway.cluster_options()
+    wanted = dict(options)
+    if cores is not None:
+        wanted["worker_cores"] = cores
+    if memory is not None:
+        from dask.utils import parse_bytes
+
+        wanted["worker_memory"] = parse_bytes(memory) / 2**30 if isinstance(memory, str) else memory
+    for key, value in wanted.items():
+        if key not in cluster_options:
+            raise ValueError(f"the gateway has no cluster option {key!r}; it offers {sorted(cluster_options)}")
+        setattr(cluster_options, key, value)
+    gw_cluster = gateway.new_cluster(cluster_options)
+    gw_cluster.scale(workers or 2)
+    return gw_cluster.get_client()
+
+
+def _local_client(workers, cores, memory):
+    from distributed import Client, LocalCluster
+
+    n = workers or max(1, _cores())
+    # The nanny's default MALLOC_TRIM_THRESHOLD_ makes glibc hand decode buffers
+    # back to the OS after every chunk: measured 2.7x slower frame reads.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        local = LocalCluster(
+            n_workers=n,
+            threads_per_worker=cores or 1,
+            memory_limit=memory or "auto",
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        )
+    return Client(local, set_as_default=True)
+
+
+def compute(*objs, progress: bool = True):
+    """Compute lazy results, showing progress: a widget in notebooks, a bar in terminals.
+
+    Uses the current distributed client if there is one (its progress bar),
+    else Dask's threaded scheduler with a tqdm bar.
+    """
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        client = None
+    if client is not None:
+        futures = client.compute(list(objs))
+        if progress:
+            from distributed import progress as show
+
+            show(futures, notebook=None)
+        results = client.gather(futures)
+    elif progress:
+        from tqdm.auto import tqdm
+        from tqdm.dask import TqdmCallback
+
+        with TqdmCallback(tqdm_class=tqdm, desc="reducing", unit="task", leave=True):
+            results = dask.compute(*objs)
+    else:
+        results = dask.compute(*objs)
+    return results[0] if len(objs) == 1 else tuple(results)

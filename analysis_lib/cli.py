@@ -1,0 +1,186 @@
+"""The ``beamside`` command: demo data, a look inside files, reductions from a shell.
+
+    beamside demo-data DIR [--size 10GB]
+    beamside info bt-1001/raw/scan_0001.nxs
+    beamside reduce mean-frame bt-1001/raw/scan_0001.nxs -o ~/mean.nxs
+    beamside reduce radial-profile REF --poni bt-1001/calib/detector.poni -o ~/rings.nxs
+
+Errors a user can act on (no access, a bad file, a bad parameter) print one
+clear line and exit with status 2; anything else is a bug and shows its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+OPS = ("mean-frame", "max-frame", "frame-stats", "roi-sums", "radial-profile", "bin")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    from ._errors import BeamsideError
+
+    try:
+        return args.run(args) or 0
+    except (BeamsideError, FileNotFoundError, ValueError) as exc:
+        print(f"beamside: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="beamside", description="Analyse beamtime data where it lives.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo-data", help="write a demo catalog and beamtimes (Eiger-like NeXus scans)")
+    demo.add_argument("directory")
+    demo.add_argument("--size", default="2GB", help="uncompressed frame bytes to write (default 2GB)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=_demo)
+
+    info = sub.add_parser("info", help="show a file's tree, shapes, chunking, filters and NeXus default")
+    info.add_argument("ref", help="beamtime reference (bt-1001/raw/scan.nxs) or path")
+    info.add_argument("--user")
+    info.set_defaults(run=_info)
+
+    red = sub.add_parser("reduce", help="reduce a frame stack on-site and save the result as NeXus")
+    red.add_argument("op", choices=OPS)
+    red.add_argument("ref", help="beamtime reference (bt-1001/raw/scan.nxs) or path")
+    red.add_argument("-o", "--output", required=True, help="result file (.nxs), outside the beamtime data")
+    red.add_argument("--signal", help="NXdata signal to use instead of the @signal default")
+    red.add_argument("--dataset", help="plain HDF5 dataset path instead of the NeXus default")
+    red.add_argument("--roi", action="append", default=[], metavar="NAME=R0:R1,C0:C1",
+                     help="rectangle for roi-sums (repeatable)")
+    red.add_argument("--poni", help="PONI geometry file for radial-profile (reference or path)")
+    red.add_argument("--npt", type=int, default=1000, help="radial bins (radial-profile)")
+    red.add_argument("--unit", default="q_nm^-1", help="radial unit (radial-profile), e.g. q_nm^-1, 2th_deg")
+    red.add_argument("--factor", type=int, default=2, help="pixel binning factor (bin)")
+    red.add_argument("--workers", type=int, help="run on a local cluster of this many worker processes")
+    red.add_argument("--user")
+    red.add_argument("--quiet", action="store_true", help="no progress bar")
+    red.set_defaults(run=_reduce)
+
+    up = sub.add_parser("up", help="start the embedded deployment (JupyterHub next to the data)")
+    up.add_argument("--config", help="deployment config file (YAML)")
+    up.set_defaults(run=_up)
+    return p
+
+
+def _demo(args) -> int:
+    from tqdm.auto import tqdm
+
+    from ._demo import parse_size, write_demo_data
+
+    total = parse_size(args.size)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="demo data") as bar:
+        def progress(done, _total):
+            bar.update(done - bar.n)
+
+        catalog = write_demo_data(args.directory, total, seed=args.seed, progress=progress)
+    print(f"catalog: {catalog}")
+    print(f"try:     export BEAMSIDE_CATALOG={catalog} JUPYTERHUB_USER=alice")
+    print("         beamside reduce mean-frame bt-1001/raw/scan_0001.nxs -o ~/mean_frame.nxs")
+    return 0
+
+
+def _info(args) -> int:
+    from ._backend import file_tree
+
+    real, entries = file_tree(args.ref, user=args.user)
+    print(real)
+    for e in entries:
+        depth = e["path"].count("/") - 1
+        pad = "  " * depth + os.path.basename(e["path"])
+        if e["kind"] == "group":
+            extra = [f"@default={e['default']}" if e.get("default") else "", f"@signal={e['signal']}" if e.get("signal") else ""]
+            print(f"{pad}/  {e.get('nx_class') or ''} {' '.join(x for x in extra if x)}".rstrip())
+        elif e["kind"] == "dataset":
+            shape = "×".join(str(n) for n in e["shape"]) or "scalar"
+            parts = [shape, e["dtype"]]
+            if e.get("chunks"):
+                parts.append("chunks " + "×".join(str(n) for n in e["chunks"]))
+            if e.get("filters"):
+                parts.append("+".join(e["filters"]))
+            if e.get("virtual"):
+                parts.append("virtual")
+            if e.get("external"):
+                parts.append("external storage")
+            if e.get("units"):
+                parts.append(f"[{e['units']}]")
+            print(f"{pad}  {'  '.join(parts)}")
+        else:
+            print(f"{pad}  -> {e['kind']} {e['target']}")
+    try:
+        from ._backend import describe_file
+
+        desc = describe_file(args.ref, user=args.user)
+        sig = desc.variables[0]
+        print(f"NeXus default: {desc.group}/{sig.name}  dims {sig.dims}  (stored at {sig.stored.path})")
+    except Exception as exc:  # the tree is still useful when there is no NeXus default
+        print(f"NeXus default: none ({getattr(exc, 'reason', exc)})")
+    return 0
+
+
+def _parse_roi(text: str, i: int):
+    name, _, spec = text.rpartition("=")
+    try:
+        rows, cols = spec.split(",")
+        r0, r1 = (int(v) for v in rows.split(":"))
+        c0, c1 = (int(v) for v in cols.split(":"))
+    except ValueError:
+        raise ValueError(f"--roi {text!r}: expected NAME=ROW0:ROW1,COL0:COL1") from None
+    return name or f"roi_{i}", (r0, r1, c0, c1)
+
+
+def _reduce(args) -> int:
+    import analysis_lib as al
+
+    if args.op == "roi-sums" and not args.roi:
+        raise ValueError("roi-sums needs at least one --roi NAME=R0:R1,C0:C1")
+    if args.op == "radial-profile" and not args.poni:
+        raise ValueError("radial-profile needs --poni (a PONI geometry file)")
+    ds = al.open(args.ref, signal=args.signal, dataset=args.dataset, user=args.user)
+    frames = ds[next(iter(ds.data_vars))]
+    if args.op == "mean-frame":
+        result = al.ops.mean_frame(frames)
+    elif args.op == "max-frame":
+        result = al.ops.max_frame(frames)
+    elif args.op == "frame-stats":
+        result = al.ops.frame_stats(frames)
+    elif args.op == "roi-sums":
+        result = al.ops.roi_sums(frames, dict(_parse_roi(r, i) for i, r in enumerate(args.roi)))
+    elif args.op == "radial-profile":
+        poni = args.poni if os.path.isabs(args.poni) or os.path.exists(args.poni) else str(al.resolve(args.poni, user=args.user))
+        result = al.ops.radial_profile(frames, poni, npt=args.npt, unit=args.unit)
+    else:
+        result = al.ops.bin(frames, args.factor)
+    client = al.cluster(workers=args.workers) if args.workers else None
+    try:
+        computed = al.compute(result, progress=not args.quiet)
+    finally:
+        if client is not None:
+            client.close()
+            client.cluster.close()
+    path = al.save(computed, args.output, user=args.user, parameters={"op": args.op, "ref": str(args.ref)})
+    print(f"{path}: {al.ops.data_stayed_here(result)}")
+    return 0
+
+
+def _up(args) -> int:
+    try:
+        from beamside_hub.embedded import main as up_main
+    except ImportError:
+        raise ValueError("the embedded deployment needs the hub extras: pip install 'beamside[hub]'") from None
+    return up_main(args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
