@@ -69,8 +69,7 @@ def save(
     twice) just replaces the first copy. ``inputs`` are recorded along with
     the files named by ``beamside_source`` attributes on ``obj``.
     """
-    target = _target(path)
-    _refuse_inside_data(target, catalog)
+    target = destination(path, catalog=catalog)
     ds = _as_dataset(obj).compute()  # before any file exists: a failing task leaves nothing
     _remove_stale_temps(target)
     tmp = _create_temp(target)
@@ -97,6 +96,13 @@ def save(
 
 
 # -- where ----------------------------------------------------------------------
+def destination(path: str | os.PathLike, *, catalog: Catalog | str | os.PathLike | None = None) -> Path:
+    """The absolute path a result will be saved to, checked now (before any long computation)."""
+    target = _target(path)
+    _refuse_inside_data(target, catalog)
+    return target
+
+
 def _target(path: str | os.PathLike) -> Path:
     """The absolute final path; its folder must already exist (we never create folders)."""
     target = Path(os.path.abspath(Path(path).expanduser()))

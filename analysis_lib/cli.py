@@ -147,6 +147,9 @@ def _reduce(args) -> int:
         raise ValueError("roi-sums needs at least one --roi NAME=R0:R1,C0:C1")
     if args.op == "radial-profile" and not args.poni:
         raise ValueError("radial-profile needs --poni (a PONI geometry file)")
+    from ._save import destination
+
+    destination(args.output)  # refuse a bad destination before reading terabytes
     ds = al.open(args.ref, signal=args.signal, dataset=args.dataset, user=args.user)
     frames = ds[next(iter(ds.data_vars))]
     if args.op == "mean-frame":
