@@ -16,7 +16,7 @@ import xarray as xr
 from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
-from . import _config
+from . import _audit, _config
 from ._access import Boundary
 from ._chunks import reader_for
 from ._layout import FileDescription
@@ -66,6 +66,7 @@ def _guards() -> dict:
 def describe_file(path, *, signal=None, dataset=None, user=None, catalog=None) -> FileDescription:
     """Inspect ``path`` under the access policy, in the guarded probe process."""
     real, boundary = access_policy(path, user=user, catalog=catalog)
+    _audit.record(real)
     return describe(real, boundary, signal=signal, dataset=dataset, **_guards())
 
 

@@ -22,6 +22,7 @@ import zlib
 
 import numpy as np
 
+from . import _audit
 from ._errors import CorruptChunkError, DataError, TruncatedFileError, UnknownFilterError
 from ._layout import BITSHUFFLE, DEFLATE, FLETCHER32, LZ4, SHUFFLE, ZSTD, StoredArray
 
@@ -40,6 +41,7 @@ def _fd(path: str) -> int:
             fd = _fds.get(key)
             if fd is None:
                 fd = _fds[key] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                _audit.record(path)
     return fd
 
 
@@ -383,6 +385,7 @@ class H5Reader:
             f = _h5_files.get(k)
             if f is None:
                 f = _h5_files[k] = h5py.File(s.file, "r")  # default locking: match handles the user opened
+                _audit.record(s.file)
         ranges, drop = _normalise(key, self.shape)
         sel = tuple(slice(a, b, st) for a, b, st in ranges)
         try:

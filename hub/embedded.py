@@ -1,0 +1,291 @@
+"""``beamside up``: the whole deployment on one machine, supervised.
+
+Prepares the state folder (secrets, demo data and catalog, demo logins),
+decides whether users can be isolated here, writes the runtime file, then runs
+JupyterHub (which starts the proxy, the Dask gateway, the idle culler and the
+audit service) and restarts it if it dies — user servers keep running across
+such a restart. Ctrl-C or SIGTERM stops user servers, the hub, the proxy and
+anything left in the users' sandboxes: no orphan process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import analysis_lib
+
+from . import auth, sandbox, settings as settings_mod
+from .accounts import PREFIX
+from .runtime import SUPERVISOR
+
+DEMO_USERS = ("alice", "bob", "carol", "admin")
+REPO = Path(analysis_lib.__file__).resolve().parent.parent
+HUB_PACKAGE = Path(__file__).resolve().parent
+
+
+def _say(text: str) -> None:
+    print(f"[beamside] {text}", flush=True)
+
+
+def _secret(folder: Path, name: str, make=lambda: secrets.token_hex(32)) -> str:
+    path = folder / name
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(make())
+    return path.read_text().strip()
+
+
+def _find_chp() -> str:
+    for candidate in (os.environ.get("BEAMSIDE_CHP"), REPO / ".tooling/chp/node_modules/.bin/configurable-http-proxy",
+                      shutil.which("configurable-http-proxy")):
+        if candidate and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise SystemExit("configurable-http-proxy not found: run `make setup` (it installs it under .tooling/)")
+
+
+def _traversable_by_others(path: Path) -> Path | None:
+    """The first folder on the way to ``path`` that other users cannot enter, if any."""
+    for parent in [*reversed(path.resolve().parents), path.resolve()]:
+        if parent.is_dir() and not os.stat(parent).st_mode & 0o001:
+            return parent
+    return None
+
+
+def decide_isolation(mode: str, software: list[str]) -> tuple[bool, str]:
+    if mode == "none":
+        return False, "disabled in the settings (singleuser.isolation: none)"
+    ok, why = sandbox.can_isolate()
+    if ok:
+        for p in software:
+            blocked = _traversable_by_others(Path(p))
+            if blocked:
+                ok, why = False, f"users cannot reach {p} ({blocked} is not searchable by others; chmod o+x it)"
+                break
+    if not ok and mode == "bubblewrap":
+        raise SystemExit(f"isolation was required but is impossible here: {why}")
+    return ok, why
+
+
+def prepare(config: str | None, overrides: dict | None = None) -> dict:
+    """Resolve settings into the runtime file; create state, secrets, demo data and logins."""
+    s = settings_mod.load(config, overrides)
+    state = Path(s["hub"]["state_dir"])
+    state.mkdir(parents=True, exist_ok=True)
+    os.chmod(state, 0o711)  # users may pass through to their homes, never list
+    secret_dir = state / "secrets"
+    secret_dir.mkdir(mode=0o700, exist_ok=True)
+    paths = {
+        "state": str(state),
+        "venv": sys.prefix,
+        "chp": _find_chp(),
+        "software": sorted({sys.prefix, str(REPO / "analysis_lib"), str(HUB_PACKAGE)}),
+        "examples": str(REPO / "examples"),
+        "homes": str(state / "homes"),
+        "sandboxes": str(state / "sandboxes"),
+        "audit_socket": str(state / "run" / "audit.sock"),
+        "audit_log": str(state / "audit.log"),
+        "gateway_dir": str(state / "gateway"),
+        "gateway_config": str(HUB_PACKAGE / "dask_gateway_config.py"),
+        "passwords_file": s["auth"]["passwords_file"] or str(secret_dir / "passwords.yaml"),
+        "catalog": s["data"]["catalog"],
+    }
+    for key in ("homes", "sandboxes", "gateway_dir"):  # users pass through to their own part only
+        Path(paths[key]).mkdir(exist_ok=True)
+        os.chmod(paths[key], 0o711)
+    (state / "gateway" / "db").mkdir(mode=0o700, exist_ok=True)
+    (state / "run").mkdir(exist_ok=True)
+    os.chmod(state / "run", 0o711)
+    (state / "logs").mkdir(exist_ok=True)
+    if not paths["catalog"]:
+        from analysis_lib._demo import write_demo_data
+
+        _say(f"writing demo beamtimes ({s['data']['demo_size']}) under {state / 'demo'} …")
+        paths["catalog"] = str(write_demo_data(state / "demo", s["data"]["demo_size"]))
+    isolate, why = decide_isolation(s["singleuser"]["isolation"], paths["software"])
+    runtime = {
+        "settings": s,
+        "paths": paths,
+        "isolate": isolate,
+        "isolation": why,
+        "secrets": {
+            name: _secret(secret_dir, name)
+            for name in ("proxy_token", "gateway_token", "supervisor_token", "crypt_key")
+        },
+    }
+    runtime["secrets"]["gateway_db_key"] = _secret(
+        secret_dir, "gateway_db_key", lambda: __import__("base64").b64encode(secrets.token_bytes(32)).decode()
+    )
+    if s["auth"]["type"] == "passwords":
+        runtime["demo_logins"] = _demo_logins(Path(paths["passwords_file"]), secret_dir / "demo-logins.json")
+    runtime_file = state / "runtime.json"
+    fd = os.open(runtime_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(runtime, f, indent=1)
+    runtime["file"] = str(runtime_file)
+    return runtime
+
+
+def _demo_logins(passwords_file: Path, logins_file: Path) -> dict:
+    """Per-user random passwords for the demo users (hashes in the passwords file, once)."""
+    logins = json.loads(logins_file.read_text()) if logins_file.exists() else {}
+    existing = auth.read_passwords(passwords_file)
+    for user in DEMO_USERS:
+        if user not in existing:
+            logins[user] = secrets.token_urlsafe(9)
+            auth.set_password(passwords_file, user, logins[user])
+    fd = os.open(logins_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(logins, f)
+    return logins
+
+
+class Supervisor:
+    """Runs JupyterHub, restarts it if it dies, and stops everything on request."""
+
+    def __init__(self, runtime: dict):
+        self.runtime = runtime
+        self.state = Path(runtime["paths"]["state"])
+        self.hub: subprocess.Popen | None = None
+        self.stopping = False
+
+    @property
+    def url(self) -> str:
+        hub = self.runtime["settings"]["hub"]
+        return f"http://{hub['ip']}:{hub['port']}"
+
+    def start_hub(self) -> None:
+        log = open(self.state / "logs" / "jupyterhub.log", "ab")
+        env = {**os.environ, "BEAMSIDE_RUNTIME": self.runtime["file"]}
+        env["PATH"] = f"{Path(sys.prefix) / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
+        self.hub = subprocess.Popen(
+            [str(Path(sys.prefix) / "bin" / "jupyterhub"), "-f", str(HUB_PACKAGE / "jupyterhub_config.py")],
+            cwd=self.state, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        (self.state / "hub.pid").write_text(str(self.hub.pid))
+
+    def api(self, method: str, path: str, **kwargs):
+        import requests
+
+        hub = self.runtime["settings"]["hub"]
+        token = self.runtime["secrets"]["supervisor_token"]
+        return requests.request(method, f"http://127.0.0.1:{hub['hub_port']}/hub/api{path}",
+                                headers={"Authorization": f"token {token}"}, timeout=10, **kwargs)
+
+    def wait_ready(self, timeout: float = 120) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.hub.poll() is not None:
+                return False
+            try:
+                if self.api("GET", "/").ok:
+                    return True
+            except Exception:
+                pass
+            time.sleep(0.3)
+        return False
+
+    def banner(self) -> None:
+        r = self.runtime
+        _say(f"JupyterHub is up: {self.url}")
+        _say(f"isolation: {'ON — ' if r['isolate'] else 'OFF (DEMO MODE, users are NOT isolated) — '}{r['isolation']}")
+        if not r["isolate"]:
+            _say("!!! every user can read every file this machine's hub user can read; do not use with real data !!!")
+        for user, password in sorted((r.get("demo_logins") or {}).items()):
+            _say(f"  login: {user:<6} password: {password}")
+        _say(f"catalog: {r['paths']['catalog']}   audit log: {r['paths']['audit_log']}")
+        _say(f"logs: {self.state / 'logs'}   stop with Ctrl-C")
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.start_hub()
+        if not self.wait_ready():
+            _say(f"JupyterHub did not start; see {self.state / 'logs' / 'jupyterhub.log'}")
+            self.shutdown()
+            return 1
+        self.banner()
+        while not self.stopping:
+            time.sleep(0.5)
+            if self.hub.poll() is not None and not self.stopping:
+                _say(f"JupyterHub exited ({self.hub.returncode}); restarting it (user servers keep running)")
+                self.start_hub()
+                self.wait_ready()
+        self.shutdown()
+        return 0
+
+    def _on_signal(self, signum, frame):
+        self.stopping = True
+
+    def shutdown(self) -> None:
+        _say("stopping user servers, the hub, the proxy and the gateway …")
+        try:
+            users = self.api("GET", "/users").json()
+            for user in users:
+                for name in (user.get("servers") or {}):
+                    self.api("DELETE", f"/users/{user['name']}/servers/{name}" if name else f"/users/{user['name']}/server")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and any(u.get("servers") for u in self.api("GET", "/users").json()):
+                time.sleep(0.5)
+        except Exception as exc:
+            _say(f"could not stop user servers through the hub ({exc}); killing what is left")
+        if self.hub and self.hub.poll() is None:
+            self.hub.terminate()
+            try:
+                self.hub.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.hub.pid, signal.SIGKILL)
+        _kill_pidfile(self.state / "proxy.pid")
+        _kill_leftovers(self.state)
+        _say("stopped")
+
+
+def _kill_pidfile(path: Path) -> None:
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
+
+
+def _kill_leftovers(state: Path) -> None:
+    """Whatever still runs as a beamside account, or from this state folder, is ended."""
+    import psutil
+
+    me = os.getpid()
+    victims = []
+    for proc in psutil.process_iter(["pid", "username", "cmdline", "cwd"]):
+        try:
+            if proc.pid == me:
+                continue
+            owned = (proc.info["username"] or "").startswith(PREFIX)
+            ours = str(state) in " ".join(proc.info["cmdline"] or []) or str(proc.info["cwd"] or "").startswith(str(state))
+            if owned or ours:
+                victims.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in victims:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(victims, timeout=5)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def main(config: str | None = None) -> int:
+    runtime = prepare(config)
+    return Supervisor(runtime).run()
