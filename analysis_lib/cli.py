@@ -57,21 +57,52 @@ def _parser() -> argparse.ArgumentParser:
     red.add_argument("-o", "--output", required=True, help="result file (.nxs), outside the beamtime data")
     red.add_argument("--signal", help="NXdata signal to use instead of the @signal default")
     red.add_argument("--dataset", help="plain HDF5 dataset path instead of the NeXus default")
-    red.add_argument("--roi", action="append", default=[], metavar="NAME=R0:R1,C0:C1",
-                     help="rectangle for roi-sums (repeatable)")
-    red.add_argument("--poni", help="PONI geometry file for radial-profile (reference or path)")
-    red.add_argument("--npt", type=int, default=1000, help="radial bins (radial-profile)")
-    red.add_argument("--unit", default="q_nm^-1", help="radial unit (radial-profile), e.g. q_nm^-1, 2th_deg")
-    red.add_argument("--factor", type=int, default=2, help="pixel binning factor (bin)")
     red.add_argument("--workers", type=int, help="run on a local cluster of this many worker processes")
+    _op_arguments(red)
     red.add_argument("--user")
     red.add_argument("--quiet", action="store_true", help="no progress bar")
     red.set_defaults(run=_reduce)
+
+    rem = sub.add_parser("remote", help="run a reduction on your on-site cluster from outside; only the result travels")
+    rem_sub = rem.add_subparsers(dest="remote_command", metavar="ACTION", required=True)
+    rred = rem_sub.add_parser("reduce", help="reduce a beamtime file on-site and save the result here")
+    rred.add_argument("op", choices=OPS)
+    rred.add_argument("ref", help="beamtime reference (bt-1001/raw/scan.nxs)")
+    rred.add_argument("-o", "--output", required=True, help="result file (.nxs) on this machine")
+    rred.add_argument("--hub", required=True, help="the hub's URL, e.g. https://hub.facility.eu")
+    rred.add_argument("--proxy-address", help="the gateway's scheduler address (default gateway://HUBHOST:8786)")
+    rred.add_argument("--workers", type=int, default=2)
+    rred.add_argument("--signal")
+    _op_arguments(rred)
+    rred.set_defaults(run=_remote_reduce)
 
     up = sub.add_parser("up", help="start the embedded deployment (JupyterHub next to the data)")
     up.add_argument("--config", help="deployment config file (YAML)")
     up.set_defaults(run=_up)
     return p
+
+
+def _op_arguments(p) -> None:
+    p.add_argument("--roi", action="append", default=[], metavar="NAME=R0:R1,C0:C1", help="rectangle for roi-sums (repeatable)")
+    p.add_argument("--poni", help="PONI geometry file for radial-profile (beamtime reference or path)")
+    p.add_argument("--npt", type=int, default=1000, help="radial bins (radial-profile)")
+    p.add_argument("--unit", default="q_nm^-1", help="radial unit (radial-profile), e.g. q_nm^-1, 2th_deg")
+    p.add_argument("--factor", type=int, default=2, help="pixel binning factor (bin)")
+
+
+def _op_and_params(args) -> tuple[str, dict]:
+    """The al.ops function name and its keyword arguments from the command line."""
+    if args.op == "roi-sums":
+        if not args.roi:
+            raise ValueError("roi-sums needs at least one --roi NAME=R0:R1,C0:C1")
+        return "roi_sums", {"rois": dict(_parse_roi(r, i) for i, r in enumerate(args.roi))}
+    if args.op == "radial-profile":
+        if not args.poni:
+            raise ValueError("radial-profile needs --poni (a PONI geometry file)")
+        return "radial_profile", {"poni": args.poni, "npt": args.npt, "unit": args.unit}
+    if args.op == "bin":
+        return "bin", {"factor": args.factor}
+    return args.op.replace("-", "_"), {}
 
 
 def _demo(args) -> int:
@@ -143,28 +174,14 @@ def _parse_roi(text: str, i: int):
 def _reduce(args) -> int:
     import analysis_lib as al
 
-    if args.op == "roi-sums" and not args.roi:
-        raise ValueError("roi-sums needs at least one --roi NAME=R0:R1,C0:C1")
-    if args.op == "radial-profile" and not args.poni:
-        raise ValueError("radial-profile needs --poni (a PONI geometry file)")
     from ._save import destination
 
+    op, params = _op_and_params(args)
     destination(args.output)  # refuse a bad destination before reading terabytes
+    if "poni" in params and not (os.path.isabs(params["poni"]) or os.path.exists(params["poni"])):
+        params["poni"] = str(al.resolve(params["poni"], user=args.user))
     ds = al.open(args.ref, signal=args.signal, dataset=args.dataset, user=args.user)
-    frames = ds[next(iter(ds.data_vars))]
-    if args.op == "mean-frame":
-        result = al.ops.mean_frame(frames)
-    elif args.op == "max-frame":
-        result = al.ops.max_frame(frames)
-    elif args.op == "frame-stats":
-        result = al.ops.frame_stats(frames)
-    elif args.op == "roi-sums":
-        result = al.ops.roi_sums(frames, dict(_parse_roi(r, i) for i, r in enumerate(args.roi)))
-    elif args.op == "radial-profile":
-        poni = args.poni if os.path.isabs(args.poni) or os.path.exists(args.poni) else str(al.resolve(args.poni, user=args.user))
-        result = al.ops.radial_profile(frames, poni, npt=args.npt, unit=args.unit)
-    else:
-        result = al.ops.bin(frames, args.factor)
+    result = getattr(al.ops, op)(ds[next(iter(ds.data_vars))], **params)
     client = al.cluster(workers=args.workers) if args.workers else None
     try:
         computed = al.compute(result, progress=not args.quiet)
@@ -174,6 +191,25 @@ def _reduce(args) -> int:
             client.cluster.close()
     path = al.save(computed, args.output, user=args.user, parameters={"op": args.op, "ref": str(args.ref)})
     print(f"{path}: {al.ops.data_stayed_here(result)}")
+    return 0
+
+
+def _remote_reduce(args) -> int:
+    import analysis_lib as al
+    from analysis_lib import remote
+
+    from ._save import destination
+
+    op, params = _op_and_params(args)
+    destination(args.output)
+    client = remote.connect(args.hub, proxy_address=args.proxy_address, workers=args.workers)
+    try:
+        result = remote.reduce(client, op, args.ref, signal=args.signal, **params)
+    finally:
+        client.close()
+    path = al.save(result, args.output, parameters={"op": args.op, "ref": args.ref, "hub": args.hub})
+    print(f"{path}: {al.ops.data_stayed_here(result)}")
+    print(f"bytes read on-site: {int(result.attrs.get('beamside_bytes_read', 0))} / bytes received: {int(result.nbytes)}")
     return 0
 
 

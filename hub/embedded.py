@@ -110,7 +110,7 @@ def prepare(config: str | None, overrides: dict | None = None) -> dict:
 
         _say(f"writing demo beamtimes ({s['data']['demo_size']}) under {state / 'demo'} …")
         paths["catalog"] = str(write_demo_data(state / "demo", s["data"]["demo_size"]))
-    isolate, why = decide_isolation(s["singleuser"]["isolation"], paths["software"])
+    isolate, why = decide_isolation(s["singleuser"]["isolation"], [*paths["software"], paths["homes"]])
     runtime = {
         "settings": s,
         "paths": paths,

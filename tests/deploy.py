@@ -1,0 +1,92 @@
+"""Start and stop a real embedded deployment (`beamside up`) for tests: free ports, 127.0.0.1, stopped by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .hubclient import Hub
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Deployment:
+    """One `beamside up` process with its own state folder and ports."""
+
+    def __init__(self, folder: Path, settings: dict | None = None):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.folder, 0o755)  # user accounts must pass through to their homes
+        hub, hub_api, proxy_api, gw, gw_api, sched = free_ports(6)
+        base = {
+            "hub": {"state_dir": str(self.folder / "state"), "port": hub, "hub_port": hub_api, "proxy_api_port": proxy_api},
+            "data": {"demo_size": "100MB"},
+            "dask": {"port": gw, "api_port": gw_api, "scheduler_port": sched},
+        }
+        for section, values in (settings or {}).items():
+            base.setdefault(section, {}).update(values)
+        self.config = self.folder / "config.yaml"
+        self.config.write_text(yaml.safe_dump(base))
+        self.url = f"http://127.0.0.1:{hub}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 300) -> "Deployment":
+        log = open(self.folder / "beamside-up.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "analysis_lib.cli", "up", "--config", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"beamside up exited:\n{self.output()}")
+            if "JupyterHub is up" in self.output():
+                break
+            time.sleep(0.3)
+        else:
+            raise TimeoutError(f"beamside up not ready:\n{self.output()}")
+        self.runtime = json.loads((self.folder / "state" / "runtime.json").read_text())
+        self.hub = Hub(self.url, self.runtime["secrets"]["supervisor_token"])
+        return self
+
+    def output(self) -> str:
+        return (self.folder / "beamside-up.log").read_text(errors="replace")
+
+    def hub_log(self) -> str:
+        return (self.folder / "state" / "logs" / "jupyterhub.log").read_text(errors="replace")
+
+    @property
+    def logins(self) -> dict:
+        return self.runtime.get("demo_logins", {})
+
+    @property
+    def hub_pid(self) -> int:
+        return int((self.folder / "state" / "jupyterhub.pid").read_text())
+
+    def stop(self, timeout: float = 120) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return -9
