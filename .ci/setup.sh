@@ -21,3 +21,11 @@ fi
 if [ "$(id -u)" = 0 ] && ! command -v bwrap >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null
 fi
+# A mock OpenID Connect provider for the OIDC login tests, in its own venv under the ignored tooling
+# folder (oidc-provider-mock 0.4 needs Python 3.12; 0.3.4 is the newest that runs on 3.11).
+OIDC_VENV=.tooling/oidc-venv
+if ! "$OIDC_VENV/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("oidc-provider-mock") != "0.3.4")' 2>/dev/null \
+   || [ ! -x "$OIDC_VENV/bin/oidc-provider-mock" ]; then
+  [ -x "$OIDC_VENV/bin/python" ] || "$PYTHON_SYS" -m venv "$OIDC_VENV"
+  "$OIDC_VENV/bin/python" -m pip install -q oidc-provider-mock==0.3.4 2> >(grep -v 'is ignored: it is neither' >&2)
+fi

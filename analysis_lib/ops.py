@@ -44,9 +44,10 @@ def _frames(obj) -> xr.DataArray:
         if not obj.data_vars:
             raise ValueError("this Dataset has no data variable to reduce")
         name = next(iter(obj.data_vars))
-        arr = obj[name]
-        arr.attrs.setdefault(_SOURCE, obj.attrs.get(_SOURCE))
-        return arr
+        source = obj.attrs.get(_SOURCE)
+        obj = obj[name]
+        if source:
+            obj.attrs.setdefault(_SOURCE, source)
     if not isinstance(obj, xr.DataArray):
         raise TypeError(f"expected an xarray DataArray or Dataset of frames, got {type(obj).__name__}")
     if obj.ndim < 2:
@@ -80,7 +81,8 @@ def _finish(result: xr.DataArray | xr.Dataset, frames: xr.DataArray, op: str, pa
     """Attach what the result came from, what was done, and how many bytes it read."""
     steps = json.loads(frames.attrs.get(_STEPS, "[]"))
     steps.append({"op": op, "parameters": parameters})
-    attrs = {_STEPS: json.dumps(steps), _READ: int(frames.nbytes)}
+    # a chain of ops (correct, then bin) read the file once: keep the first figure
+    attrs = {_STEPS: json.dumps(steps), _READ: int(frames.attrs.get(_READ, frames.nbytes))}
     if frames.attrs.get(_SOURCE):
         attrs[_SOURCE] = frames.attrs[_SOURCE]
     result.attrs.update(attrs)
@@ -313,8 +315,11 @@ def bin(frames, factor: int = 2, *, frame_factor: int = 1) -> xr.DataArray:
         if len(lead) != 1:
             raise ValueError("frame_factor needs a single frame dimension")
         windows[lead[0]] = int(frame_factor)
+    too_big = [d for d, w in windows.items() if w > frames.sizes[d]]
+    if too_big:
+        raise ValueError(f"binning window larger than the data along {too_big}: sizes {dict(frames.sizes)}")
     acc = _accumulator(frames.dtype)
-    out = frames.coarsen(windows, boundary="trim", coord_func="mean").sum().astype(acc)
+    out = frames.astype(acc).coarsen(windows, boundary="trim", coord_func="mean").sum()
     out.attrs = dict(frames.attrs)
     return _finish(out, frames, "bin", {"factor": int(factor), "frame_factor": int(frame_factor)})
 
@@ -322,8 +327,7 @@ def bin(frames, factor: int = 2, *, frame_factor: int = 1) -> xr.DataArray:
 # ---------------------------------------------------------------------------
 # azimuthal integration with pyFAI
 # ---------------------------------------------------------------------------
-_integrators: dict = {}
-_integrators_lock = threading.Lock()
+_integrators = threading.local()
 
 
 def _geometry_key(poni) -> str:
@@ -339,25 +343,29 @@ def _geometry_key(poni) -> str:
 
 
 def integrator(poni):
-    """The pyFAI integrator for ``poni``, built once per process and reused.
+    """The pyFAI integrator for ``poni``, built once per worker thread and reused.
 
     pyFAI caches its integration engine (the CSR matrix) inside the integrator:
-    rebuilding it per chunk would cost more than integrating.
+    rebuilding it per chunk would cost more than integrating. One integrator
+    must not serve two threads at once (measured: wrong frames' profiles), so
+    each thread of a worker process keeps its own.
     """
     import pyFAI
 
     key = _geometry_key(poni)
-    with _integrators_lock:
-        ai = _integrators.get(key)
-        if ai is None:
-            if isinstance(poni, dict):
-                from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+    cache = getattr(_integrators, "by_geometry", None)
+    if cache is None:
+        cache = _integrators.by_geometry = {}
+    ai = cache.get(key)
+    if ai is None:
+        if isinstance(poni, dict):
+            from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
-                ai = AzimuthalIntegrator()
-                ai.set_config(dict(poni))
-            else:
-                ai = pyFAI.load(os.path.expanduser(os.fspath(poni)))
-            _integrators[key] = ai
+            ai = AzimuthalIntegrator()
+            ai.set_config(dict(poni))
+        else:
+            ai = pyFAI.load(os.path.expanduser(os.fspath(poni)))
+        cache[key] = ai
     return ai
 
 

@@ -51,12 +51,14 @@ def gateway(hub_url: str, token: str | None = None, *, proxy_address: str | None
     )
 
 
-def connect(hub_url: str, token: str | None = None, *, proxy_address: str | None = None, workers: int = 2):
+def connect(hub_url: str, token: str | None = None, *, proxy_address: str | None = None, workers: int = 2,
+            keep: bool = False):
     """A ``distributed.Client`` on the user's on-site cluster: reuse a running one, else start one.
 
-    A cluster started here is *detached*: it keeps running when the user's
-    notebook server stops, until it is idle for the gateway's idle timeout or
-    ``client.cluster.shutdown()`` is called.
+    A cluster started here is *detached* from the user's notebook server (it
+    does not end when the server stops). It ends when this script's client
+    closes, unless ``keep=True``: then it runs on until ``cluster.shutdown()``
+    or the gateway's idle timeout, and the next ``connect`` reuses it.
     """
     gw = gateway(hub_url, token, proxy_address=proxy_address)
     running = gw.list_clusters()
@@ -65,7 +67,7 @@ def connect(hub_url: str, token: str | None = None, *, proxy_address: str | None
     else:
         options = gw.cluster_options()
         options.detached = True
-        cluster = gw.new_cluster(options)
+        cluster = gw.new_cluster(options, shutdown_on_close=not keep)
     cluster.scale(workers)
     client = cluster.get_client()
     client.wait_for_workers(1, timeout=120)

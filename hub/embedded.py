@@ -23,7 +23,6 @@ from pathlib import Path
 import analysis_lib
 
 from . import auth, sandbox, settings as settings_mod
-from .accounts import PREFIX
 from .runtime import SUPERVISOR
 
 DEMO_USERS = ("alice", "bob", "carol", "admin")
@@ -155,12 +154,28 @@ class Supervisor:
         self.runtime = runtime
         self.state = Path(runtime["paths"]["state"])
         self.hub: subprocess.Popen | None = None
+        self.proxy: subprocess.Popen | None = None
         self.stopping = False
 
     @property
     def url(self) -> str:
         hub = self.runtime["settings"]["hub"]
         return f"http://{hub['ip']}:{hub['port']}"
+
+    def start_proxy(self) -> None:
+        """The public proxy runs beside the hub, not under it: a hub restart leaves every route,
+        and every open notebook or kernel connection, in place (as on Kubernetes)."""
+        hub = self.runtime["settings"]["hub"]
+        log = open(self.state / "logs" / "proxy.log", "ab")
+        env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": self.runtime["secrets"]["proxy_token"]}
+        self.proxy = subprocess.Popen(
+            [self.runtime["paths"]["chp"], "--ip", hub["ip"], "--port", str(hub["port"]),
+             "--api-ip", "127.0.0.1", "--api-port", str(hub["proxy_api_port"]),
+             "--error-target", f"http://127.0.0.1:{hub['hub_port']}/hub/error", "--log-level", "warn"],
+            cwd=self.state, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        (self.state / "proxy.pid").write_text(str(self.proxy.pid))
 
     def start_hub(self) -> None:
         log = open(self.state / "logs" / "jupyterhub.log", "ab")
@@ -182,12 +197,14 @@ class Supervisor:
                                 headers={"Authorization": f"token {token}"}, timeout=10, **kwargs)
 
     def wait_ready(self, timeout: float = 120) -> bool:
+        import requests
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.hub.poll() is not None:
                 return False
-            try:
-                if self.api("GET", "/").ok:
+            try:  # through the public proxy: ready means routes are in place, not just the hub API
+                if requests.get(f"{self.url}/hub/api/", timeout=5).ok:
                     return True
             except Exception:
                 pass
@@ -208,6 +225,7 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        self.start_proxy()
         self.start_hub()
         if not self.wait_ready():
             _say(f"JupyterHub did not start; see {self.state / 'logs' / 'jupyterhub.log'}")
@@ -216,6 +234,9 @@ class Supervisor:
         self.banner()
         while not self.stopping:
             time.sleep(0.5)
+            if self.proxy.poll() is not None and not self.stopping:
+                _say(f"the proxy exited ({self.proxy.returncode}); restarting it (the hub restores its routes)")
+                self.start_proxy()
             if self.hub.poll() is not None and not self.stopping:
                 _say(f"JupyterHub exited ({self.hub.returncode}); restarting it (user servers keep running)")
                 self.start_hub()
@@ -229,12 +250,13 @@ class Supervisor:
     def shutdown(self) -> None:
         _say("stopping user servers, the hub, the proxy and the gateway …")
         try:
-            users = self.api("GET", "/users").json()
+            response = self.api("GET", "/users")
+            users = response.json() if response.ok else []
             for user in users:
                 for name in (user.get("servers") or {}):
                     self.api("DELETE", f"/users/{user['name']}/servers/{name}" if name else f"/users/{user['name']}/server")
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and any(u.get("servers") for u in self.api("GET", "/users").json()):
+            while users and time.monotonic() < deadline and any(u.get("servers") for u in self.api("GET", "/users").json()):
                 time.sleep(0.5)
         except Exception as exc:
             _say(f"could not stop user servers through the hub ({exc}); killing what is left")
@@ -244,21 +266,24 @@ class Supervisor:
                 self.hub.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.hub.pid, signal.SIGKILL)
-        _kill_pidfile(self.state / "proxy.pid")
+        if self.proxy and self.proxy.poll() is None:
+            self.proxy.terminate()
+            try:
+                self.proxy.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proxy.kill()
         _kill_leftovers(self.state)
         _say("stopped")
 
 
-def _kill_pidfile(path: Path) -> None:
-    try:
-        pid = int(path.read_text().strip())
-        os.kill(pid, signal.SIGTERM)
-    except (OSError, ValueError):
-        pass
-
-
 def _kill_leftovers(state: Path) -> None:
-    """Whatever still runs as a beamside account, or from this state folder, is ended."""
+    """Whatever still runs from this deployment's state folder (sandboxes, clusters, services) is ended.
+
+    Sandboxed processes are recognised by their command line (bwrap binds
+    paths under the state folder) or working folder (homes and cluster folders
+    are there) — never by account alone: another deployment on the same
+    machine may run servers for the same users.
+    """
     import psutil
 
     me = os.getpid()
@@ -267,9 +292,7 @@ def _kill_leftovers(state: Path) -> None:
         try:
             if proc.pid == me:
                 continue
-            owned = (proc.info["username"] or "").startswith(PREFIX)
-            ours = str(state) in " ".join(proc.info["cmdline"] or []) or str(proc.info["cwd"] or "").startswith(str(state))
-            if owned or ours:
+            if str(state) in " ".join(proc.info["cmdline"] or []) or str(proc.info["cwd"] or "").startswith(str(state)):
                 victims.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue

@@ -125,4 +125,8 @@ class BeamsideBackend(LocalBackend):
             except ProcessLookupError:
                 return
             if await wait_is_shutdown(pid, timeout):
-                return
+                break
+        try:  # the sandbox's outer process may go first; whatever is left of the group goes now
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

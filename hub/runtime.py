@@ -14,13 +14,22 @@ SUPERVISOR = "beamside-supervisor"
 GATEWAY_SCOPE = "access:services!service=dask-gateway"
 
 
+def public_url(runtime: dict) -> str:
+    """Where users reach the hub: ``hub.public_url``, else the proxy's own address."""
+    hub = runtime["settings"]["hub"]
+    return (hub.get("public_url") or f"http://{hub['ip']}:{hub['port']}").rstrip("/")
+
+
 def gateway_client_env(runtime: dict) -> dict:
-    """dask-gateway client config for user servers: ``al.cluster()`` then needs no arguments."""
+    """dask-gateway client config for user servers: ``al.cluster()`` then needs no arguments.
+
+    User servers reach the gateway on the loopback proxy address, not the public one.
+    """
     s = runtime["settings"]
-    public = f"http://{s['hub']['ip']}:{s['hub']['port']}"
+    local = f"http://127.0.0.1:{s['hub']['port']}"
     return {
-        "DASK_GATEWAY__ADDRESS": f"{public}/services/dask-gateway",
-        "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{s['hub']['ip']}:{s['dask']['scheduler_port']}",
+        "DASK_GATEWAY__ADDRESS": f"{local}/services/dask-gateway",
+        "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://127.0.0.1:{s['dask']['scheduler_port']}",
         "DASK_GATEWAY__PUBLIC_ADDRESS": "/services/dask-gateway/",
         "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
     }
@@ -40,14 +49,16 @@ def configure_hub(c, runtime: dict, python: str) -> None:
     c.JupyterHub.concurrent_spawn_limit = hub["concurrent_spawn_limit"]
     # A hub restart (upgrade, crash) must not take users' servers and routes down.
     c.JupyterHub.cleanup_servers = False
-    c.JupyterHub.cleanup_proxy = False
-    c.ConfigurableHTTPProxy.command = [paths["chp"]]
+    # The proxy is started beside the hub (by `beamside up`, or its own pod), never by it.
+    c.ConfigurableHTTPProxy.should_start = False
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{hub['proxy_api_port']}"
     c.ConfigurableHTTPProxy.auth_token = secrets["proxy_token"]
-    c.ConfigurableHTTPProxy.pid_file = f"{state}/proxy.pid"
 
     # -- login
-    c.Authenticator.admin_users = set(auth["admin_users"])
+    admins = auth["admin_users"]
+    if admins is None:  # passwords: the demo "admin"; OIDC: only admin_groups, never a bare name
+        admins = ["admin"] if auth["type"] == "passwords" else []
+    c.Authenticator.admin_users = set(admins)
     if auth["type"] == "oidc":
         oidc = auth["oidc"]
         c.JupyterHub.authenticator_class = "generic-oauth"
@@ -60,7 +71,7 @@ def configure_hub(c, runtime: dict, python: str) -> None:
         g.scope = list(oidc["scope"])
         g.username_claim = oidc["username_claim"]
         g.login_service = oidc["login_service"]
-        g.oauth_callback_url = f"http://{hub['ip']}:{hub['port']}/hub/oauth_callback"
+        g.oauth_callback_url = f"{public_url(runtime)}/hub/oauth_callback"
         g.manage_groups = True
         g.auth_state_groups_key = f"oauth_user.{oidc['groups_claim']}"
         if oidc["allowed_groups"]:
@@ -90,8 +101,8 @@ def configure_hub(c, runtime: dict, python: str) -> None:
     sp.gateway_api_url = f"http://127.0.0.1:{dask['port']}/services/dask-gateway/api" if dask["enabled"] else ""
     c.Spawner.cmd = [os.path.join(venv_bin, "jupyterhub-singleuser")]
     # ipc kernels: no TCP port races between kernels started in the same second, and the
-    # kernel sockets live inside the user's sandbox.
-    c.Spawner.args = ["--KernelManager.transport=ipc"]
+    # kernel sockets live inside the user's sandbox (where nobody else can reach them).
+    c.Spawner.args = ["--KernelManager.transport=ipc"] if runtime["isolate"] else []
     c.Spawner.default_url = single["default_url"]
     c.Spawner.start_timeout = single["start_timeout"]
     c.Spawner.http_timeout = single["start_timeout"]
@@ -108,8 +119,10 @@ def configure_hub(c, runtime: dict, python: str) -> None:
     services, roles = [], [
         {"name": "user", "scopes": ["self", GATEWAY_SCOPE]},
         {"name": "server", "scopes": ["users:activity!user", "access:servers!server", GATEWAY_SCOPE]},
+        # Stops servers at shutdown; creates servers and tokens for the admin's tooling. With
+        # OIDC no admin:users: that includes reading users' identity-provider tokens (auth state).
         {"name": "beamside-supervisor", "services": [SUPERVISOR],
-         "scopes": ["list:users", "read:users", "admin:servers", "admin:users", "tokens", "access:servers"]},
+         "scopes": ["list:users", "users", "servers", "tokens"] + (["admin:users"] if auth["type"] == "passwords" else [])},
     ]
     services.append({"name": SUPERVISOR, "api_token": secrets["supervisor_token"]})
     if dask["enabled"]:

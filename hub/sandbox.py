@@ -49,8 +49,11 @@ def bwrap_argv(spec: SandboxSpec, bwrap: str = "bwrap") -> list[str]:
     argv = [
         bwrap,
         "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-        "--new-session", "--cap-drop", "ALL", "--hostname", "beamside",
+        "--cap-drop", "ALL", "--hostname", "beamside",
     ]
+    # No --new-session: the sandbox must stay in the process group its launcher
+    # starts (start_new_session=True, so it has no terminal to protect), or
+    # stopping that group would leave the sandbox running.
     for path in _SYSTEM_RO:
         argv += ["--ro-bind", path, path]
     for link, target in _SYSTEM_LINKS.items():

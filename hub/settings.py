@@ -18,6 +18,7 @@ import yaml
 DEFAULTS: dict = {
     "hub": {
         "ip": "127.0.0.1",  # where the public proxy listens
+        "public_url": None,  # how users reach it (behind TLS termination); default http://ip:port
         "port": 8000,
         "hub_port": 8081,  # the hub's own API (internal)
         "proxy_api_port": 8001,
@@ -31,7 +32,7 @@ DEFAULTS: dict = {
     },
     "auth": {
         "type": "passwords",  # "passwords" (hashed, per user) or "oidc"
-        "admin_users": ["admin"],
+        "admin_users": None,  # default: ["admin"] with passwords, none with OIDC (use oidc.admin_groups)
         "passwords_file": None,  # default: state_dir/passwords.yaml (demo users are added on first run)
         "oidc": {
             "authorize_url": None,
@@ -104,6 +105,10 @@ def load(path: str | os.PathLike | None = None, overrides: dict | None = None) -
             settings[section][key] = str(p if p.is_absolute() else (base / p).resolve())
     if settings["auth"]["type"] not in ("passwords", "oidc"):
         raise ValueError("auth.type must be 'passwords' or 'oidc'")
+    if settings["auth"]["type"] == "oidc":
+        missing = [k for k in ("authorize_url", "token_url", "userdata_url", "client_secret") if not settings["auth"]["oidc"][k]]
+        if missing:
+            raise ValueError(f"auth.type is oidc but auth.oidc.{', auth.oidc.'.join(missing)} not set")
     if settings["singleuser"]["isolation"] not in ("auto", "bubblewrap", "none"):
         raise ValueError("singleuser.isolation must be 'auto', 'bubblewrap' or 'none'")
     return settings

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner
@@ -70,7 +71,8 @@ class BeamsideSpawner(LocalProcessSpawner):
         home = str(self.home)
         env.update(
             {
-                "JUPYTER_RUNTIME_DIR": f"{home}/.local/share/jupyter/runtime",
+                # kernel sockets (ipc) need a short path; /run is the sandbox's own tmpfs
+                "JUPYTER_RUNTIME_DIR": "/run/jupyter" if self.isolate else f"{home}/.local/share/jupyter/runtime",
                 "JUPYTER_DATA_DIR": f"{home}/.local/share/jupyter",
                 "JUPYTER_CONFIG_DIR": f"{home}/.jupyter",
                 "IPYTHONDIR": f"{home}/.ipython",
@@ -131,7 +133,14 @@ class BeamsideSpawner(LocalProcessSpawner):
 
     async def stop(self, now=False):
         await self._end_attached_clusters()
-        return await super().stop(now=now)
+        pid = self.pid
+        await super().stop(now=now)
+        # The sandbox's outer process may go first; whatever is left of the group goes now.
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     async def _end_attached_clusters(self):
         """Stop the user's Dask clusters unless started with ``detached=True`` (a script's job)."""

@@ -57,7 +57,7 @@ class Deployment:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"beamside up exited:\n{self.output()}")
+                raise RuntimeError(f"beamside up exited:\n{self.output()}\n--- hub log ---\n{self.hub_log()[-4000:]}")
             if "JupyterHub is up" in self.output():
                 break
             time.sleep(0.3)
@@ -71,7 +71,8 @@ class Deployment:
         return (self.folder / "beamside-up.log").read_text(errors="replace")
 
     def hub_log(self) -> str:
-        return (self.folder / "state" / "logs" / "jupyterhub.log").read_text(errors="replace")
+        path = self.folder / "state" / "logs" / "jupyterhub.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     @property
     def logins(self) -> dict:
@@ -79,7 +80,7 @@ class Deployment:
 
     @property
     def hub_pid(self) -> int:
-        return int((self.folder / "state" / "jupyterhub.pid").read_text())
+        return int((self.folder / "state" / "hub.pid").read_text())  # written by the supervisor
 
     def stop(self, timeout: float = 120) -> int:
         if self.proc is None or self.proc.poll() is not None:

@@ -79,7 +79,9 @@ class Kernel:
         }))
         out = {"status": None, "stdout": "", "stderr": "", "result": None, "error": None}
         deadline = time.perf_counter() + timeout
-        while time.perf_counter() < deadline:
+        idle = False
+        # done when both the reply (shell) and the kernel's "idle" (iopub, after all output) are in
+        while time.perf_counter() < deadline and not (idle and out["status"]):
             msg = json.loads(self.ws.recv())
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
@@ -92,11 +94,16 @@ class Kernel:
                 out["error"] = f"{content['ename']}: {content['evalue']}"
             elif kind == "execute_reply":
                 out["status"] = content["status"]
-                return out
+            elif kind == "status" and content.get("execution_state") == "idle":
+                idle = True
+        if idle and out["status"]:
+            return out
         raise TimeoutError(f"no reply to {code[:60]!r} in {timeout} s")
 
     def close(self) -> None:
+        """Close the channel and shut the kernel down (quietly, if the server is already gone)."""
         try:
             self.ws.close()
-        finally:
             requests.delete(f"{self.base}/api/kernels/{self.id}", headers=self.headers, timeout=30)
+        except (requests.RequestException, websocket.WebSocketException, OSError):
+            pass
