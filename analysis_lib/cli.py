@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the embedded deployment (JupyterHub next to the data)")
     up.add_argument("--config", help="deployment config file (YAML)")
     up.set_defaults(run=_up)
+
+    pw = sub.add_parser("passwd", help="set a user's password for the embedded deployment (read from the terminal)")
+    pw.add_argument("user")
+    pw.add_argument("--config", help="deployment config file (YAML)")
+    pw.set_defaults(run=_passwd)
     return p
 
 
@@ -210,6 +215,24 @@ def _remote_reduce(args) -> int:
     path = al.save(result, args.output, parameters={"op": args.op, "ref": args.ref, "hub": args.hub})
     print(f"{path}: {al.ops.data_stayed_here(result)}")
     print(f"bytes read on-site: {int(result.attrs.get('beamside_bytes_read', 0))} / bytes received: {int(result.nbytes)}")
+    return 0
+
+
+def _passwd(args) -> int:
+    import getpass
+
+    try:
+        from beamside_hub import auth, settings
+    except ImportError:
+        raise ValueError("needs the hub extras: pip install 'beamside[hub]'") from None
+    s = settings.load(args.config)
+    path = s["auth"]["passwords_file"] or os.path.join(s["hub"]["state_dir"], "secrets", "passwords.yaml")
+    password = getpass.getpass(f"new password for {args.user}: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        raise ValueError("passwords need at least 8 characters")
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    auth.set_password(path, args.user, password)
+    print(f"password of {args.user} set in {path}")
     return 0
 
 
