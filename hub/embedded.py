@@ -23,7 +23,6 @@ from pathlib import Path
 import analysis_lib
 
 from . import auth, sandbox, settings as settings_mod
-from .runtime import SUPERVISOR
 
 DEMO_USERS = ("alice", "bob", "carol", "admin")
 REPO = Path(analysis_lib.__file__).resolve().parent.parent

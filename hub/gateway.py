@@ -15,27 +15,19 @@ from pathlib import Path
 
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.local import LocalBackend, wait_is_shutdown
-from traitlets import Bool, Integer, List, Unicode
-
-from analysis_lib.catalog import load_catalog
+from traitlets import Integer
 
 from . import sandbox
 from .accounts import drop_privileges, ensure_account
 
 
-class BeamsideBackend(LocalBackend):
+class BeamsideBackend(sandbox.Sandboxed, LocalBackend):
     """LocalBackend + beamside accounts, sandboxes and per-user limits."""
 
-    catalog = Unicode(config=True, help="The facility's beamtime catalog (YAML).")
-    homes_dir = Unicode(config=True, help="Folder holding every user's home.")
-    sandboxes_dir = Unicode(config=True, help="Folder for per-user sandbox files (filtered catalogs).")
-    isolate = Bool(True, config=True, help="Run cluster processes in per-user accounts and bubblewrap sandboxes.")
-    software_paths = List(Unicode(), config=True, help="Read-only paths every sandbox needs.")
-    audit_socket = Unicode("", config=True, help="Unix socket of the audit service.")
     max_clusters_per_user = Integer(2, config=True, help="How many clusters one user may run at once.")
 
     def _account(self, username):
-        return ensure_account(username, str(Path(self.homes_dir) / username))
+        return ensure_account(username, str(self.home_of(username)))
 
     async def start_cluster(self, user, cluster_options):
         active = [c for c in await self.list_clusters(username=user.name) if c.status.name in ("PENDING", "RUNNING")]
@@ -74,41 +66,24 @@ class BeamsideBackend(LocalBackend):
 
     def get_env(self, cluster):
         env = super().get_env(cluster)
-        home = str(Path(self.homes_dir) / cluster.username)
         env.update(
             {
-                "HOME": home,
+                "HOME": str(self.home_of(cluster.username)),
                 "JUPYTERHUB_USER": cluster.username,
-                "BEAMSIDE_CATALOG": sandbox.IN_SANDBOX_CATALOG if self.isolate else self.catalog,
                 # the nanny's default trim threshold makes glibc hand back every decode buffer
                 "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_": "None",
+                **self.sandbox_env(),
             }
         )
-        if self.audit_socket:
-            env["BEAMSIDE_AUDIT_SOCKET"] = sandbox.IN_SANDBOX_AUDIT if self.isolate else self.audit_socket
         return env
 
     def _sandboxed(self, cluster, cmd):
         if not self.isolate:
             return cmd
         account = self._account(cluster.username)
-        catalog = load_catalog(self.catalog)
-        user_catalog = sandbox.write_user_catalog(
-            catalog, cluster.username, Path(self.sandboxes_dir) / cluster.username / "catalog.yaml", account.gid
-        )
-        home = Path(self.homes_dir) / cluster.username
-        home.mkdir(parents=True, exist_ok=True)
-        spec = sandbox.SandboxSpec(
-            home=home,
-            data_root=catalog.data_root,
-            beamtimes=sandbox.beamtime_mounts(catalog, cluster.username),
-            software=[Path(p) for p in self.software_paths],
-            catalog=user_catalog,
-            audit_socket=Path(self.audit_socket) if self.audit_socket else None,
-            writable=[Path(cluster.state["workdir"])],
-            workdir=Path(cluster.state["workdir"]),
-        )
-        return sandbox.bwrap_argv(spec, sandbox.find_bwrap() or "bwrap") + list(cmd)
+        self.home_of(cluster.username).mkdir(parents=True, exist_ok=True)
+        workdir = Path(cluster.state["workdir"])
+        return self.sandbox_argv(cluster.username, account.gid, writable=[workdir], workdir=workdir) + list(cmd)
 
     def get_scheduler_command(self, cluster):
         return self._sandboxed(cluster, super().get_scheduler_command(cluster))

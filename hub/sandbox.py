@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from traitlets import Bool, HasTraits, List, Unicode
 
-from analysis_lib.catalog import Catalog
+from analysis_lib.catalog import Catalog, load_catalog
 
 IN_SANDBOX_CATALOG = "/run/beamside/catalog.yaml"
 IN_SANDBOX_AUDIT = "/run/beamside/audit.sock"
@@ -123,3 +124,43 @@ def can_isolate() -> tuple[bool, str]:
     if not os.path.exists("/proc/self/ns/user"):
         return False, "the kernel has no user namespaces"
     return True, "per-user Unix accounts + bubblewrap sandboxes"
+
+
+class Sandboxed(HasTraits):
+    """What the spawner and the Dask gateway's backend share: where the sandboxes' parts are.
+
+    Both put a user's processes into the same picture: the user's beamtimes
+    read-only, their home writable, their filtered catalog, the audit socket.
+    """
+
+    catalog = Unicode(config=True, help="The facility's beamtime catalog (YAML), the one source of truth for access.")
+    homes_dir = Unicode(config=True, help="Folder holding every user's home (created per user, mode 0700).")
+    sandboxes_dir = Unicode(config=True, help="Folder for per-user sandbox files (the user's filtered catalog).")
+    isolate = Bool(True, config=True, help="Run user processes as per-user accounts in bubblewrap sandboxes (needs root).")
+    software_paths = List(Unicode(), config=True, help="Read-only paths every sandbox needs: the venv, beamside's sources.")
+    audit_socket = Unicode("", config=True, help="Unix socket of the audit service, bound into every sandbox.")
+
+    def home_of(self, user: str) -> Path:
+        return Path(self.homes_dir) / user
+
+    def sandbox_argv(self, user: str, gid: int, *, writable=(), workdir: Path | None = None) -> list[str]:
+        """The bubblewrap command line for ``user`` (writes the user's filtered catalog first)."""
+        catalog = load_catalog(self.catalog)
+        spec = SandboxSpec(
+            home=self.home_of(user),
+            data_root=catalog.data_root,
+            beamtimes=beamtime_mounts(catalog, user),
+            software=[Path(p) for p in self.software_paths],
+            catalog=write_user_catalog(catalog, user, Path(self.sandboxes_dir) / user / "catalog.yaml", gid),
+            audit_socket=Path(self.audit_socket) if self.audit_socket else None,
+            writable=list(writable),
+            workdir=workdir,
+        )
+        return bwrap_argv(spec, find_bwrap() or "bwrap")
+
+    def sandbox_env(self) -> dict:
+        """Where the library finds the catalog and the audit socket, inside the sandbox (or not)."""
+        env = {"BEAMSIDE_CATALOG": IN_SANDBOX_CATALOG if self.isolate else self.catalog}
+        if self.audit_socket:
+            env["BEAMSIDE_AUDIT_SOCKET"] = IN_SANDBOX_AUDIT if self.isolate else self.audit_socket
+        return env

@@ -20,30 +20,22 @@ from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-from traitlets import Bool, List, Unicode
-
-from analysis_lib.catalog import load_catalog
+from traitlets import Unicode
 
 from . import sandbox
 from .accounts import Account, drop_privileges, ensure_account
 
 
-class BeamsideSpawner(LocalProcessSpawner):
+class BeamsideSpawner(sandbox.Sandboxed, LocalProcessSpawner):
     """LocalProcessSpawner + per-user account + bubblewrap sandbox built from the catalog."""
 
-    catalog = Unicode(config=True, help="The facility's beamtime catalog (YAML), the one source of truth for access.")
-    homes_dir = Unicode(config=True, help="Folder holding every user's home (created per user, mode 0700).")
-    sandboxes_dir = Unicode(config=True, help="Folder for per-user sandbox files (the user's filtered catalog).")
-    isolate = Bool(True, config=True, help="Run servers in per-user accounts and bubblewrap sandboxes (needs root).")
-    software_paths = List(Unicode(), config=True, help="Read-only paths every sandbox needs: the venv, beamside's sources.")
     examples_dir = Unicode("", config=True, help="Worked examples copied into each new user's home on first login.")
-    audit_socket = Unicode("", config=True, help="Unix socket of the audit service, bound into every sandbox.")
     gateway_api_url = Unicode("", config=True, help="dask-gateway's API, used to end a user's clusters when the server stops.")
 
     # -- who and where -------------------------------------------------------------
     @property
     def home(self) -> Path:
-        return Path(self.homes_dir) / self.user.name
+        return self.home_of(self.user.name)
 
     def _account(self) -> Account | None:
         return ensure_account(self.user.name, str(self.home)) if self.isolate else None
@@ -77,11 +69,9 @@ class BeamsideSpawner(LocalProcessSpawner):
                 "JUPYTER_CONFIG_DIR": f"{home}/.jupyter",
                 "IPYTHONDIR": f"{home}/.ipython",
                 "MPLCONFIGDIR": f"{home}/.config/matplotlib",
-                "BEAMSIDE_CATALOG": sandbox.IN_SANDBOX_CATALOG if self.isolate else self.catalog,
+                **self.sandbox_env(),
             }
         )
-        if self.audit_socket:
-            env["BEAMSIDE_AUDIT_SOCKET"] = sandbox.IN_SANDBOX_AUDIT if self.isolate else self.audit_socket
         return env
 
     # -- start -----------------------------------------------------------------------
@@ -102,19 +92,7 @@ class BeamsideSpawner(LocalProcessSpawner):
         self._prepare_home(account)
         base_cmd = list(self.cmd)
         if account is not None:
-            catalog = load_catalog(self.catalog)
-            user_catalog = sandbox.write_user_catalog(
-                catalog, self.user.name, Path(self.sandboxes_dir) / self.user.name / "catalog.yaml", account.gid
-            )
-            spec = sandbox.SandboxSpec(
-                home=self.home,
-                data_root=catalog.data_root,
-                beamtimes=sandbox.beamtime_mounts(catalog, self.user.name),
-                software=[Path(p) for p in self.software_paths],
-                catalog=user_catalog,
-                audit_socket=Path(self.audit_socket) if self.audit_socket else None,
-            )
-            self.cmd = sandbox.bwrap_argv(spec, sandbox.find_bwrap() or "bwrap") + base_cmd
+            self.cmd = self.sandbox_argv(self.user.name, account.gid) + base_cmd
         try:
             return await super().start()
         finally:

@@ -63,20 +63,21 @@ def path_of(catalog: Catalog, beamtime: str, rel: str = "raw/scan_0001.nxs") -> 
     return str(next(bt for bt in catalog.beamtimes if bt.id == beamtime).path / rel)
 
 
-@pytest.fixture(scope="module")
-def alice(dep):
-    figures["spawn to ready, alice (s)"] = round(dep.hub.spawn("alice"), 2)
-    kernel = Kernel(dep.url, "alice", dep.hub.token("alice"))
+def _kernel_of(dep, user):
+    figures[f"spawn to ready, {user} (s)"] = round(dep.hub.spawn(user), 2)
+    kernel = Kernel(dep.url, user, dep.hub.token(user))
     yield kernel
     kernel.close()
+
+
+@pytest.fixture(scope="module")
+def alice(dep):
+    yield from _kernel_of(dep, "alice")
 
 
 @pytest.fixture(scope="module")
 def bob(dep):
-    figures["spawn to ready, bob (s)"] = round(dep.hub.spawn("bob"), 2)
-    kernel = Kernel(dep.url, "bob", dep.hub.token("bob"))
-    yield kernel
-    kernel.close()
+    yield from _kernel_of(dep, "bob")
 
 
 def ok(kernel: Kernel, code: str) -> str:
@@ -124,7 +125,7 @@ def test_notebook_reduces_demo_data_on_the_gateway_cluster(dep, alice, catalog):
     source = path_of(catalog, "bt-1001")
     with h5py.File(source) as f:
         expected = f["/entry/data/data"][()].mean(axis=0)
-    out = ok(alice, f"""
+    out = ok(alice, """
 import time, numpy as np, analysis_lib as al
 print(sorted(b.id for b in al.beamtimes()))
 t0 = time.perf_counter(); client = al.cluster(workers=2); client.wait_for_workers(2, timeout=180)

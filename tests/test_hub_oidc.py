@@ -21,7 +21,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -186,46 +185,6 @@ def wait_until_settled(dep: Deployment, name: str, timeout: float = 180) -> dict
     raise TimeoutError(f"{name}'s server still pending after {timeout} s{logs(dep)}")
 
 
-class OrderedKernel(Kernel):
-    """``Kernel`` whose ``run`` also waits for the kernel's ``idle`` status on iopub.
-
-    ``execute_reply`` (shell) and the outputs (iopub) travel on different
-    channels; the reply can overtake them, so returning at the reply sometimes
-    loses the output. Idle on iopub comes after every output of the request.
-    """
-
-    def run(self, code: str, timeout: float = 300) -> dict:
-        msg_id = uuid.uuid4().hex
-        self.ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "session": self.session,
-                       "username": "test", "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                        "allow_stdin": False, "stop_on_error": True},
-        }))
-        out = {"status": None, "stdout": "", "stderr": "", "result": None, "error": None}
-        idle = False
-        deadline = time.perf_counter() + timeout
-        while time.perf_counter() < deadline:
-            msg = json.loads(self.ws.recv())
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            kind, content = msg["msg_type"], msg["content"]
-            if kind == "stream":
-                out[content["name"]] += content["text"]
-            elif kind == "execute_result":
-                out["result"] = content["data"].get("text/plain")
-            elif kind == "error":
-                out["error"] = f"{content['ename']}: {content['evalue']}"
-            elif kind == "execute_reply":
-                out["status"] = content["status"]
-            elif kind == "status" and content.get("execution_state") == "idle":
-                idle = True
-            if idle and out["status"] is not None:
-                return out
-        raise TimeoutError(f"no complete reply to {code[:60]!r} in {timeout} s")
-
-
 def test_oidc_login_end_to_end_maps_name_groups_and_admin(dep):
     t0 = time.perf_counter()
     s, r = oidc_login(dep, "grace")
@@ -268,7 +227,7 @@ def test_oidc_user_server_spawns_and_runs_code(dep):
     seconds = dep.hub.spawn("grace")
     figures["spawn to ready, grace (s)"] = round(seconds, 2)
     t0 = time.perf_counter()
-    kernel = OrderedKernel(dep.url, "grace", dep.hub.token("grace"))
+    kernel = Kernel(dep.url, "grace", dep.hub.token("grace"))
     try:
         figures["kernel start + connect (s)"] = round(time.perf_counter() - t0, 2)
         out = kernel.run('import os; print(os.environ["JUPYTERHUB_USER"])')

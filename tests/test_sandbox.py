@@ -1,0 +1,77 @@
+"""What a user's sandbox contains, decided from the catalog (pure functions, no process started)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from analysis_lib.catalog import Catalog, load_catalog
+from beamside_hub import accounts, sandbox, settings
+
+
+def spec_for(facility, user) -> tuple[sandbox.SandboxSpec, Catalog]:
+    cat = load_catalog(facility)
+    spec = sandbox.SandboxSpec(
+        home=Path(f"/homes/{user}"), data_root=cat.data_root, beamtimes=sandbox.beamtime_mounts(cat, user),
+        software=[Path("/opt/venv")], catalog=Path("/srv/sandboxes/x/catalog.yaml"), audit_socket=Path("/srv/run/audit.sock"),
+    )
+    return spec, cat
+
+
+def binds(argv, kind):
+    return [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == kind]
+
+
+def test_only_the_users_beamtimes_are_mounted_read_only(facility):
+    spec, cat = spec_for(facility, "alice")
+    argv = sandbox.bwrap_argv(spec)
+    ro = binds(argv, "--ro-bind")
+    data = [(src, dst) for src, dst in ro if dst.startswith(str(cat.data_root))]
+    assert data == [(str(cat.data_root / "p1"), str(cat.data_root / "p1"))]
+    assert binds(argv, "--bind") == [("/homes/alice", "/homes/alice"), ("/srv/run/audit.sock", sandbox.IN_SANDBOX_AUDIT)]
+    assert ("/srv/sandboxes/x/catalog.yaml", sandbox.IN_SANDBOX_CATALOG) in ro
+    assert ("/", "/") not in ro and not any(dst == "/root" for _, dst in ro)
+    assert {"--unshare-user", "--unshare-pid", "--unshare-ipc"} <= set(argv)
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    assert "--new-session" not in argv  # the sandbox must stay in its launcher's process group
+    assert argv[-1] == "--"
+
+
+def test_bob_gets_both_of_his_beamtimes(facility):
+    spec, cat = spec_for(facility, "bob")
+    mounted = {dst for _, dst in binds(sandbox.bwrap_argv(spec), "--ro-bind") if dst.startswith(str(cat.data_root))}
+    assert mounted == {str(cat.data_root / "p1"), str(cat.data_root / "p12")}
+
+
+def test_user_catalog_hides_other_beamtimes_and_members(facility):
+    cat = load_catalog(facility)
+    view = sandbox.user_catalog(cat, "alice")
+    assert [bt["id"] for bt in view["beamtimes"]] == ["bt-1"]
+    assert view["beamtimes"][0]["members"] == [{"user": "alice", "role": "pi"}]
+    text = yaml.safe_dump(view)
+    assert "bt-3" not in text and "carol" not in text and "bob" not in text
+    again = Catalog.from_dict(yaml.safe_load(text))  # the library reads it as a normal catalog
+    assert [bt.id for bt in again.readable("alice")] == ["bt-1"]
+
+
+def test_unix_names_are_safe_and_distinct():
+    assert accounts.unix_name("alice") == "bs-alice"
+    odd = accounts.unix_name("Grace.Hopper@example.org")
+    assert odd.startswith("bs-grace-hopper-example") and len(odd) <= 32
+    assert accounts.unix_name("a:b") != accounts.unix_name("a;b")
+    assert all(c.isalnum() or c in "-_" for c in odd)
+
+
+def test_settings_reject_unknown_keys_and_incomplete_oidc(tmp_path):
+    import pytest
+
+    path = tmp_path / "beamside.yaml"
+    path.write_text("hub: {prot: 9000}\n")
+    with pytest.raises(ValueError, match="unknown setting hub.'prot'"):
+        settings.load(path)
+    path.write_text("auth: {type: oidc}\n")
+    with pytest.raises(ValueError, match="auth.oidc.authorize_url"):
+        settings.load(path)
+    path.write_text("hub: {state_dir: state}\n")
+    assert settings.load(path)["hub"]["state_dir"] == str(tmp_path / "state")
