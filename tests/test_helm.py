@@ -1,0 +1,312 @@
+"""The Helm chart, offline: lint, render, validate every object, and build real pods from the rendered config.
+
+The chart's hub runs the same ``jupyterhub_config.py`` as ``beamside up``; here
+that file is loaded with traitlets from the runtime and catalog the chart
+renders, and KubeSpawner and dask-gateway's controller build the pods they
+would create - for users of different beamtimes - which are then validated
+against the Kubernetes schema. Needs the helm binary from ``make setup``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "helm" / "beamside"
+HELM = REPO / ".tooling" / "helm" / "helm" / "helm"
+K8S = "1.34.0"
+EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
+NAMESPACE = "jhub"
+
+
+def _helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    if not os.access(HELM, os.X_OK):
+        pytest.fail(f"helm is missing at {HELM}: run `make setup` (it fetches helm into .tooling/)")
+    return subprocess.run([str(HELM), *args], capture_output=True, text=True, check=check)
+
+
+def render(*values: Path, sets: tuple[str, ...] = ()) -> list[dict]:
+    args = ["template", "t", str(CHART), "-n", NAMESPACE]
+    for v in values:
+        args += ["-f", str(v)]
+    for s in sets:
+        args += ["--set", s]
+    return [d for d in yaml.safe_load_all(_helm(*args).stdout) if d]
+
+
+def pod_templates(docs: list[dict]):
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            yield d["metadata"]["name"], d["spec"]["template"]["spec"]
+
+
+def assert_hardened(name: str, spec: dict, user_pod: bool = False) -> None:
+    """What every pod of the deployment must hold: nothing that could undo isolation."""
+    assert spec["securityContext"]["runAsNonRoot"] is True, name
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+    for c in spec["containers"] + spec.get("initContainers", []):
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False, (name, c["name"])
+        assert sc["capabilities"]["drop"] == ["ALL"], (name, c["name"])
+        assert sc.get("privileged") is not True, (name, c["name"])
+        assert sc.get("runAsUser", spec["securityContext"].get("runAsUser", 0)) != 0, (name, c["name"])
+    if user_pod:
+        assert spec["automountServiceAccountToken"] is False, name
+
+
+def validate(obj: dict) -> None:
+    obj = json.loads(json.dumps(obj))
+    if "name" not in obj["metadata"]:  # generateName: the API server fills it in
+        obj["metadata"]["name"] = obj["metadata"]["generateName"] + "x1y2z"
+    kubernetes_validate.validate(obj, K8S, strict=True)
+
+
+# -- lint, render, validate ------------------------------------------------------------
+
+@pytest.mark.parametrize("values", [None, *EXAMPLES], ids=lambda v: v.stem if v else "defaults")
+def test_lint_render_validate(values):
+    lint = _helm("lint", "--strict", str(CHART), *(["-f", str(values)] if values else []), check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    docs = render(*([values] if values else []))
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "ConfigMap", "Secret", "ServiceAccount", "Role", "RoleBinding",
+            "NetworkPolicy", "CustomResourceDefinition"} <= kinds
+    for d in docs:
+        validate(d)
+    for name, spec in pod_templates(docs):
+        assert_hardened(name, spec)
+        if not name.endswith(("-hub", "-gateway-api", "-gateway-controller")):  # only these talk to the API
+            assert spec["automountServiceAccountToken"] is False, name
+    services = {d["metadata"]["name"]: d["spec"]["type"] for d in docs if d["kind"] == "Service"}
+    assert services["t-proxy-api"] == services["t-hub"] == services["t-gateway-api"] == "ClusterIP"
+
+
+def test_network_policies_keep_user_pods_in():
+    docs = render(CHART / "examples" / "hostpath-lab.yaml")
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    for name in ("t-singleuser", "t-dask"):
+        spec = policies[name]
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        text = json.dumps(spec["egress"])
+        # no ipBlock at all: the Kubernetes API, cloud metadata (169.254.169.254) and the internet are denied
+        assert "ipBlock" not in text and "169.254" not in text
+        for rule in spec["egress"]:
+            for peer in rule["to"]:  # every egress peer names pods: never "all pods" (other users)
+                assert peer["podSelector"].get("matchLabels"), (name, rule)
+    user_peers = json.dumps(policies["t-singleuser"]["egress"])
+    for component in ("hub", "proxy", "gateway"):
+        assert f'"app.kubernetes.io/component": "{component}"' in user_peers
+    assert '"k8s-app": "kube-dns"' in user_peers
+
+
+def test_hub_role_is_minimal():
+    docs = render()
+    role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "t-hub")
+    resources = {r for rule in role["rules"] for r in rule["resources"]}
+    assert resources == {"pods", "persistentvolumeclaims", "events"}
+    assert all("*" not in rule["verbs"] for rule in role["rules"])
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["singleuser.uid=0"], "at '/singleuser/uid': minimum: got 0, want 1"),
+        (["auth.type=ldap"], "at '/auth/type'"),
+        (["auth.type=oidc"], "at '/auth/oidc/authorize_url': got null, want string"),
+        (["data.volume.type=nfs"], "at '/data/volume/nfs/server': minLength"),
+        (["data.volume.type=hostPath", "data.volume.host_path=relative"], "at '/data/volume/host_path'"),
+        (["singleuser.storage.type=pvc"], "additional properties 'storage' not allowed"),
+        (["singleuser.image.tag=latest"], "at '/singleuser/image/tag'"),
+        (["proxy.service.type=NodePort"], "at '/proxy/service/type'"),
+    ],
+)
+def test_schema_rejects_bad_values(sets, message):
+    args = ["template", "t", str(CHART)]
+    for s in sets:
+        args += ["--set", s]
+    result = _helm(*args, check=False)
+    assert result.returncode != 0, f"{sets} was accepted"
+    assert message in result.stderr, result.stderr
+
+
+# -- the real thing: the rendered hub config builds the pods ----------------------------
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """The hub's mounted files written where its container sees them (/etc/beamside -> a temp dir)."""
+    root = tmp_path_factory.mktemp("hub-pod")
+    docs = render(CHART / "examples" / "hostpath-lab.yaml")
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    hub = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "t-hub")
+    container = hub["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    etc = root / "etc-beamside"
+
+    def where(path: str) -> Path:
+        return etc / Path(path).relative_to("/etc/beamside")
+
+    runtime_text = by_name[("ConfigMap", "t-hub")]["data"]["runtime.json"].replace("/etc/beamside", str(etc))
+    where(env["BEAMSIDE_RUNTIME"]).parent.mkdir(parents=True)
+    where(env["BEAMSIDE_RUNTIME"]).write_text(runtime_text)
+    (etc / "catalog").mkdir()
+    (etc / "catalog" / "catalog.yaml").write_text(by_name[("ConfigMap", "t-catalog")]["data"]["catalog.yaml"])
+    (etc / "secrets").mkdir()
+    for key, value in by_name[("Secret", "t-hub")]["data"].items():
+        (etc / "secrets" / key).write_text(base64.b64decode(value).decode())
+    os.chmod(etc / "secrets" / "cookie_secret", 0o440)
+    runtime = json.loads(runtime_text)
+    runtime["paths"]["state"] = str(root / "state")
+    kubeconfig = root / "kubeconfig.yaml"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": "https://127.0.0.1:6443"}}],
+        "users": [{"name": "fake", "user": {"token": "fake"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}],
+    }))
+    return {"runtime_file": where(env["BEAMSIDE_RUNTIME"]), "kubeconfig": kubeconfig, "runtime": runtime}
+
+
+def load_config(path: Path, deployed, monkeypatch):
+    from traitlets.config.loader import PyFileConfigLoader
+
+    monkeypatch.setenv("BEAMSIDE_RUNTIME", str(deployed["runtime_file"]))
+    monkeypatch.setenv("KUBECONFIG", str(deployed["kubeconfig"]))
+    return PyFileConfigLoader(path.name, str(path.parent)).load_config()
+
+
+def notebook_pod(cfg, name: str) -> dict:
+    from kubernetes_asyncio.client import ApiClient
+    from traitlets.config import Config
+
+    from beamside_hub.kube import BeamsideKubeSpawner
+
+    class User:
+        id = 1
+        url = f"/user/{name}/"
+        escaped_name = name
+        spawners: dict = {}
+        groups: list = []
+
+    User.name = name
+
+    class Hub:
+        public_host = ""
+        url = "http://t-hub.jhub:8081/hub/"
+        base_url = "/hub/"
+        api_url = "http://t-hub.jhub:8081/hub/api"
+
+    async def build():
+        spawner = BeamsideKubeSpawner(config=Config(cfg), user=User(), hub=Hub())
+        spawner.api_token = "x"
+        return ApiClient().sanitize_for_serialization(await spawner.get_pod_manifest())
+
+    return asyncio.run(build())
+
+
+def beamtime_mounts(spec: dict) -> list[dict]:
+    return [m for c in spec["containers"] for m in c["volumeMounts"] if m["name"] == "beamtimes"]
+
+
+def test_hub_config_builds_notebook_pods_with_only_own_beamtimes(deployed, monkeypatch):
+    cfg = load_config(REPO / "hub" / "jupyterhub_config.py", deployed, monkeypatch)
+    assert cfg.JupyterHub.spawner_class == "beamside_hub.kube.BeamsideKubeSpawner"
+    assert cfg.JupyterHub.hub_connect_url == "http://t-hub.jhub:8081"
+    services = {s["name"]: s for s in cfg.JupyterHub.services}
+    assert services["dask-gateway"]["url"] == "http://t-gateway.jhub:8000" and "command" not in services["dask-gateway"]
+    assert "idle-culler" in services and "audit" not in services
+    culler_role = next(r for r in cfg.JupyterHub.load_roles if r["name"] == "idle-culler")
+    assert set(culler_role["scopes"]) == {"list:users", "read:users:activity", "read:servers", "delete:servers"}
+
+    pods = {user: notebook_pod(cfg, user) for user in ("alice", "bob", "carol")}
+    expected = {
+        "alice": {"/data/bt-1001": "bt-1001"},
+        "bob": {"/data/proposals/bt-2002": "proposals/bt-2002", "/data/industry/ind-3003": "industry/ind-3003"},
+        "carol": {"/data/proposals/bt-2002": "proposals/bt-2002"},
+    }
+    for user, pod in pods.items():
+        spec = pod["spec"]
+        mounts = beamtime_mounts(spec)
+        assert {m["mountPath"]: m["subPath"] for m in mounts} == expected[user], user
+        assert all(m["readOnly"] is True for m in mounts), user
+        facility = next(v for v in spec["volumes"] if v["name"] == "beamtimes")
+        assert facility == {"name": "beamtimes", "hostPath": {"path": "/srv/beamtimes", "type": "Directory"}}
+        catalog = yaml.safe_load(pod["metadata"]["annotations"]["beamside.org/catalog"])
+        assert [bt["path"] for bt in catalog["beamtimes"]] == list(expected[user].values())
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert env["BEAMSIDE_CATALOG"] == "/run/beamside/catalog.yaml"
+        assert env["DASK_GATEWAY__ADDRESS"] == "http://t-proxy-public.jhub:80/services/dask-gateway"
+        assert_hardened(user, spec, user_pod=True)
+        # the fsGroup trap: the pod securityContext keeps fsGroup (home PVC) next to seccomp
+        assert spec["securityContext"]["fsGroup"] == 100 and spec["securityContext"]["runAsUser"] == 1000
+        home = next(v for v in spec["volumes"] if v["name"] == "home")
+        assert home["persistentVolumeClaim"]["claimName"] == f"home-{user}"
+        assert spec["containers"][0]["image"] == "ghcr.io/beamside/singleuser:0.1.0"
+        validate(pod)
+    # confidential beamtimes (and other users' ones) never reach another user's pod, not even by name
+    for user, other in (("alice", "ind-3003"), ("alice", "bt-2002"), ("carol", "ind-3003"), ("carol", "bt-1001")):
+        assert other not in json.dumps(pods[user]), (user, other)
+
+
+def test_gateway_config_builds_dask_pods_like_the_notebook_pod(deployed, monkeypatch):
+    from dask_gateway_server.utils import FrozenAttrDict
+    from dask_gateway_server.models import User
+
+    from beamside_hub.kube import BeamsideKubeBackend, BeamsideKubeController
+
+    hub_cfg = load_config(REPO / "hub" / "jupyterhub_config.py", deployed, monkeypatch)
+    notebook = notebook_pod(hub_cfg, "alice")["spec"]
+    cfg = load_config(REPO / "hub" / "dask_gateway_config.py", deployed, monkeypatch)
+    assert cfg.DaskGateway.backend_class == "beamside_hub.kube.BeamsideKubeBackend"
+    backend = BeamsideKubeBackend(config=cfg)
+    options, config = asyncio.run(backend.process_cluster_options(User("alice", set(), False), {}))
+    # stored in the DaskCluster object (JSON), rebuilt by the controller exactly as it does
+    cluster = json.loads(json.dumps(backend.make_cluster_object("alice", options, config)))
+    controller = BeamsideKubeController(config=cfg)
+    name = cluster["metadata"]["name"]
+    for is_worker in (False, True):
+        pod = controller.make_pod(NAMESPACE, name, FrozenAttrDict(cluster["spec"]["config"]), is_worker=is_worker)
+        spec = pod["spec"]
+        container = spec["containers"][0]
+        assert container["args"][:2] == ["dask", "worker" if is_worker else "scheduler"]
+        assert container["image"] == "ghcr.io/beamside/singleuser:0.1.0"
+        assert beamtime_mounts(spec) == beamtime_mounts(notebook)
+        assert "bt-2002" not in json.dumps(pod) and "ind-3003" not in json.dumps(pod)
+        assert spec["securityContext"] == notebook["securityContext"]
+        assert container["securityContext"] == notebook["containers"][0]["securityContext"]
+        assert "home" not in {v["name"] for v in spec["volumes"]}  # per-user PVC homes stay with the notebook
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["BEAMSIDE_CATALOG"] == "/run/beamside/catalog.yaml" and env["JUPYTERHUB_USER"] == "alice"
+        assert "--dg-idle-timeout" in container["args"] or is_worker
+        assert container["resources"]["limits"]["memory"]
+        assert_hardened(pod["metadata"].get("name", "worker"), spec, user_pod=True)
+        validate(pod)
+
+
+def test_every_value_is_documented():
+    """values.yaml comments each key; README's table (from the schema) names each one."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    readme = (CHART / "README.md").read_text()
+
+    def keys(node: dict, path: str = ""):
+        for key, sub in node.get("properties", {}).items():
+            assert sub.get("description"), f"values.schema.json: {path}{key} has no description"
+            yield f"{path}{key}"
+            if key != "inline":  # the catalog document has its own format (analysis_lib.catalog)
+                yield from keys(sub, f"{path}{key}.")
+
+    missing = [k for k in keys(schema) if f"`{k}`" not in readme]
+    assert not missing, f"helm/beamside/README.md does not describe: {', '.join(missing)}"
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    bare = [line for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith(("#", "-"))
+            and "#" not in line and not lines[i - 1].lstrip().startswith("#")]
+    assert not bare, f"helm/beamside/values.yaml keys without a comment: {bare}"
