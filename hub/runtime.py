@@ -134,13 +134,8 @@ def configure_hub(c, runtime: dict, python: str) -> None:
         venv_bin = os.path.join(paths["venv"], "bin")
         c.JupyterHub.spawner_class = "beamside_hub.spawner.BeamsideSpawner"
         sp = c.BeamsideSpawner
-        sp.catalog = paths["catalog"]
-        sp.homes_dir = paths["homes"]
-        sp.sandboxes_dir = paths["sandboxes"]
-        sp.isolate = runtime["isolate"]
-        sp.software_paths = paths["software"]
+        _sandboxes(sp, runtime)
         sp.examples_dir = paths.get("examples", "")
-        sp.audit_socket = paths["audit_socket"] if s["audit"]["enabled"] else ""
         sp.gateway_api_url = f"{a['gateway_url']}/services/dask-gateway/api" if dask["enabled"] else ""
         c.Spawner.cmd = [os.path.join(venv_bin, "jupyterhub-singleuser")]
         # ipc kernels: no TCP port races between kernels started in the same second, and the
@@ -199,6 +194,17 @@ def configure_hub(c, runtime: dict, python: str) -> None:
         )
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
+
+
+def _sandboxes(section, runtime: dict) -> None:
+    """The same sandbox settings for the spawner and the gateway (:class:`beamside_hub.sandbox.Sandboxed`)."""
+    paths = runtime["paths"]
+    section.catalog = paths["catalog"]
+    section.homes_dir = paths["homes"]
+    section.sandboxes_dir = paths["sandboxes"]
+    section.isolate = runtime["isolate"]
+    section.software_paths = paths["software"]
+    section.audit_socket = paths["audit_socket"] if runtime["settings"]["audit"]["enabled"] else ""
 
 
 def _kube_servers(c, runtime: dict) -> None:
@@ -271,14 +277,9 @@ def _local_gateway(c, runtime: dict) -> tuple[list[str], dict]:
     c.Proxy.tcp_address = f"{hub['ip']}:{dask['scheduler_port']}"
     c.DaskGateway.backend_class = "beamside_hub.gateway.BeamsideBackend"
     b = c.BeamsideBackend
+    _sandboxes(b, runtime)
     b.clusters_directory = os.path.join(paths["gateway_dir"], "clusters")
     b.api_url = f"{addresses(runtime)['gateway_url']}/services/dask-gateway/api"
-    b.catalog = paths["catalog"]
-    b.homes_dir = paths["homes"]
-    b.sandboxes_dir = paths["sandboxes"]
-    b.isolate = runtime["isolate"]
-    b.software_paths = paths["software"]
-    b.audit_socket = paths["audit_socket"] if s["audit"]["enabled"] else ""
     b.max_clusters_per_user = dask["max_clusters_per_user"]
     b.db_url = f"sqlite:///{paths['gateway_dir']}/db/gateway.sqlite"
     b.db_encrypt_keys = [secrets["gateway_db_key"]]
