@@ -8,6 +8,7 @@ The public face is small and flat::
     al.ops.mean_frame(ds["data"])       # lazy reduction, runs on Dask
     al.save(result, "~/results/mean.nxs")       # atomic NeXus with provenance
     client = al.cluster()               # dask-gateway when configured, else local
+    al.view(ds)                         # frames rendered on-site, images to the browser
 
 Everything else lives in private modules behind it.
 """
@@ -40,6 +41,7 @@ _LAZY = {
     "open": "._open",
     "save": "._save",
     "ops": ".ops",
+    "view": "._view",
 }
 
 
@@ -82,4 +84,5 @@ __all__ = [
     "ops",
     "resolve",
     "save",
+    "view",
 ]

@@ -66,6 +66,9 @@ class Kernel:
         ws_url = self.base.replace("http", "ws", 1) + f"/api/kernels/{self.id}/channels"
         self.ws = websocket.create_connection(ws_url, header=[f"Authorization: token {token}"], timeout=300)
         self.session = uuid.uuid4().hex
+        # Widget messages with buffers (the viewer's images) come as binary frames: their sizes
+        # are what an update costs on the wire.
+        self.binary: list[int] = []
 
     def run(self, code: str, timeout: float = 300) -> dict:
         """Execute ``code``; returns {"status", "stdout", "stderr", "result", "error"}."""
@@ -82,7 +85,11 @@ class Kernel:
         idle = False
         # done when both the reply (shell) and the kernel's "idle" (iopub, after all output) are in
         while time.perf_counter() < deadline and not (idle and out["status"]):
-            msg = json.loads(self.ws.recv())
+            raw = self.ws.recv()
+            if isinstance(raw, bytes):
+                self.binary.append(len(raw))
+                continue
+            msg = json.loads(raw)
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             kind, content = msg["msg_type"], msg["content"]

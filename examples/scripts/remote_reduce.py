@@ -15,7 +15,7 @@ from analysis_lib import remote
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--hub", required=True, help="the hub's URL")
 parser.add_argument("--proxy-address", help="scheduler address, default gateway://HUBHOST:8786")
-parser.add_argument("--ref", default="bt-1001/raw/scan_0001.nxs", help="a file of one of your beamtimes")
+parser.add_argument("--ref", default="bt-1001/raw/scan_0001.nxs", help="a file of one of your beamtimes (ID/path in it)")
 parser.add_argument("-o", "--output", default="mean_frame.nxs")
 args = parser.parse_args()
 
