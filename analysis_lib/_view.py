@@ -243,7 +243,7 @@ def roi_series(frames: xr.DataArray, roi: tuple[int, int, int, int]) -> np.ndarr
 def radial_profile(frame: np.ndarray, poni, *, mask: np.ndarray | None = None, npt: int = RADIAL_POINTS,
                    unit: str = RADIAL_UNIT):
     """The azimuthally integrated profile of one frame: (radial values, intensity, radial axis label)."""
-    result = ops.integrator(poni).integrate1d(np.asarray(frame), npt, unit=unit, mask=mask)
+    result = ops.integrate1d(poni, np.asarray(frame), npt, unit, mask)
     symbol = str(getattr(result.unit, "unit_symbol", "") or "").strip("$")
     name = str(getattr(result.unit, "name", unit)).split("_")[0]
     return result.radial, result.intensity, f"{name} (${symbol}$)" if symbol else name  # mathtext: nm^{-1} as a superscript

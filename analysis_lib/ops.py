@@ -327,7 +327,13 @@ def bin(frames, factor: int = 2, *, frame_factor: int = 1) -> xr.DataArray:
 # ---------------------------------------------------------------------------
 # azimuthal integration with pyFAI
 # ---------------------------------------------------------------------------
-_integrators = threading.local()
+_integrators: dict = {}
+_integrators_lock = threading.Lock()
+# pyFAI's integration engine is shared state: concurrent integrate1d calls on one integrator
+# returned other frames' profiles (130 of 200 in one run), and one integrator per thread
+# crashed (double free). One integrator per process, one integration at a time; pyFAI's own
+# OpenMP loop still uses every core.
+_integrate_lock = threading.Lock()
 
 
 def _geometry_key(poni) -> str:
@@ -343,38 +349,41 @@ def _geometry_key(poni) -> str:
 
 
 def integrator(poni):
-    """The pyFAI integrator for ``poni``, built once per worker thread and reused.
+    """The pyFAI integrator for ``poni``, built once per worker process and reused.
 
     pyFAI caches its integration engine (the CSR matrix) inside the integrator:
-    rebuilding it per chunk would cost more than integrating. One integrator
-    must not serve two threads at once (measured: wrong frames' profiles), so
-    each thread of a worker process keeps its own.
+    rebuilding it per chunk would cost more than integrating. Call it under
+    ``_integrate_lock`` (see there).
     """
     import pyFAI
 
     key = _geometry_key(poni)
-    cache = getattr(_integrators, "by_geometry", None)
-    if cache is None:
-        cache = _integrators.by_geometry = {}
-    ai = cache.get(key)
-    if ai is None:
-        if isinstance(poni, dict):
-            from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+    with _integrators_lock:
+        ai = _integrators.get(key)
+        if ai is None:
+            if isinstance(poni, dict):
+                from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
-            ai = AzimuthalIntegrator()
-            ai.set_config(dict(poni))
-        else:
-            ai = pyFAI.load(os.path.expanduser(os.fspath(poni)))
-        cache[key] = ai
+                ai = AzimuthalIntegrator()
+                ai.set_config(dict(poni))
+            else:
+                ai = pyFAI.load(os.path.expanduser(os.fspath(poni)))
+            _integrators[key] = ai
     return ai
 
 
-def _radial_block(block: np.ndarray, poni, npt, unit, mask, kwargs) -> np.ndarray:
+def integrate1d(poni, image, npt: int, unit: str, mask=None, **kwargs):
+    """pyFAI's ``integrate1d`` with this process's integrator for ``poni``, one call at a time."""
     ai = integrator(poni)
+    with _integrate_lock:
+        return ai.integrate1d(image, npt, unit=unit, mask=mask, **kwargs)
+
+
+def _radial_block(block: np.ndarray, poni, npt, unit, mask, kwargs) -> np.ndarray:
     images = block.reshape((-1,) + block.shape[-2:])
     out = np.empty((images.shape[0], npt), dtype=np.float64)
     for i, image in enumerate(images):
-        out[i] = ai.integrate1d(image, npt, unit=unit, mask=mask, **kwargs).intensity
+        out[i] = integrate1d(poni, image, npt, unit, mask, **kwargs).intensity
     return out.reshape(block.shape[:-2] + (npt,))
 
 
@@ -393,9 +402,7 @@ def radial_profile(frames, poni, npt: int = 1000, unit: str = "q_nm^-1", mask=No
         raise ValueError(f"mask has shape {mask_arr.shape}, the frames {tuple(frames.shape[-2:])}")
     npt = int(npt)
     # One integration of an empty frame here gives the radial axis and checks the parameters early.
-    probe = integrator(poni).integrate1d(
-        np.zeros(frames.shape[-2:], dtype=np.float32), npt, unit=unit, mask=mask_arr, **integrate1d_kwargs
-    )
+    probe = integrate1d(poni, np.zeros(frames.shape[-2:], dtype=np.float32), npt, unit, mask_arr, **integrate1d_kwargs)
     radial_unit = probe.unit
     dim = str(getattr(radial_unit, "name", unit)).split("_")[0]
     data = _dask(frames)
