@@ -9,6 +9,7 @@ import xarray as xr
 
 from . import _config
 from ._backend import dataset_from_description, describe_file
+from ._chunks import reader_for
 
 _builtin_open = open
 
@@ -47,7 +48,12 @@ def open(
         for v in desc.variables:
             chunks.update(dask_chunks(v.stored, v.dims, _config.get_bytes("chunk-size")))
     token = f"{desc.file}-{os.stat(desc.file).st_mtime_ns}-{desc.group}-{signal}-{dataset}"
-    return ds.chunk(chunks, name_prefix="beamside-", token=token)
+    ds = ds.chunk(chunks, name_prefix="beamside-", token=token)
+    for v in desc.variables:
+        # Lets al.ops reduce these frames straight from the file (see ops._fused); valid only
+        # while the array is untouched, which the Dask name proves.
+        ds[v.name].encoding.update(beamside_reader=reader_for(v.stored), beamside_dask_name=ds[v.name].data.name)
+    return ds
 
 
 def dask_chunks(stored, dims, target_bytes: int) -> dict:

@@ -108,6 +108,54 @@ def _human(n: float) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+def _fused(frames: xr.DataArray):
+    """The file reader behind ``frames`` if they come untouched from ``al.open`` (else None).
+
+    Then a reduction can decode frame by frame into a reused buffer and reduce
+    each frame while it is in cache, instead of materialising 100+ MiB blocks.
+    """
+    from ._chunks import ChunkedReader
+
+    reader = frames.encoding.get("beamside_reader")
+    data = frames.data
+    if (
+        isinstance(reader, ChunkedReader)
+        and isinstance(data, da.Array)
+        and frames.encoding.get("beamside_dask_name") == data.name
+        and reader.whole_frames()
+        and data.shape == reader.shape
+        and len(data.chunks[1]) == len(data.chunks[2]) == 1
+    ):
+        return reader
+    return None
+
+
+def _per_block(reader, data: da.Array, fn, shape_of, dtype, *args) -> list[da.Array]:
+    """One task per Dask block of frames: ``fn(reader, start, stop, *args)``; the reader is one shared key."""
+    import dask
+
+    shared = dask.delayed(reader, pure=True)
+    bounds = np.cumsum((0,) + data.chunks[0])
+    return [
+        da.from_delayed(dask.delayed(fn, pure=True)(shared, int(a), int(b), *args), shape=shape_of(int(b - a)), dtype=dtype)
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+
+
+def _sum_frames(reader, start: int, stop: int, acc) -> np.ndarray:
+    total = np.zeros(reader.shape[1:], dtype=acc)
+    for frame in reader.frames(start, stop):
+        np.add(total, frame, out=total)
+    return total
+
+
+def _stats_frames(reader, start: int, stop: int, acc) -> np.ndarray:
+    out = np.empty((stop - start, 3), dtype=np.float64)
+    for i, frame in enumerate(reader.frames(start, stop)):
+        out[i] = (frame.sum(dtype=acc), frame.min(), frame.max())
+    return out
+
+
 # ---------------------------------------------------------------------------
 # per-frame statistics and whole-stack images
 # ---------------------------------------------------------------------------
@@ -126,15 +174,19 @@ def frame_stats(frames) -> xr.Dataset:
     lead, image = _split(frames)
     data = _dask(frames)
     acc = _accumulator(frames.dtype)
-    stats = data.map_blocks(
-        _stats_block,
-        acc,
-        drop_axis=[data.ndim - 2, data.ndim - 1],
-        new_axis=[data.ndim - 2],
-        chunks=data.chunks[:-2] + ((3,),),
-        dtype=np.float64,
-        meta=np.empty((0,) * (data.ndim - 1), dtype=np.float64),
-    )
+    reader = _fused(frames)
+    if reader is not None:
+        stats = da.concatenate(_per_block(reader, data, _stats_frames, lambda n: (n, 3), np.float64, acc))
+    else:
+        stats = data.map_blocks(
+            _stats_block,
+            acc,
+            drop_axis=[data.ndim - 2, data.ndim - 1],
+            new_axis=[data.ndim - 2],
+            chunks=data.chunks[:-2] + ((3,),),
+            dtype=np.float64,
+            meta=np.empty((0,) * (data.ndim - 1), dtype=np.float64),
+        )
     npix = frames.shape[-1] * frames.shape[-2]
     coords = {k: v for k, v in frames.coords.items() if set(v.dims) <= set(lead)}
     total = stats[..., 0].astype(acc) if acc.kind != "f" else stats[..., 0]
@@ -157,7 +209,12 @@ def mean_frame(frames) -> xr.DataArray:
     data = _dask(frames, whole_images=False)
     axes = tuple(range(len(lead)))
     n = int(np.prod([frames.sizes[d] for d in lead], dtype=np.int64)) or 1
-    total = data.sum(axis=axes, dtype=_accumulator(frames.dtype))
+    acc = _accumulator(frames.dtype)
+    reader = _fused(frames)
+    if reader is not None:
+        total = da.stack(_per_block(reader, data, _sum_frames, lambda n: reader.shape[1:], acc, acc)).sum(axis=0)
+    else:
+        total = data.sum(axis=axes, dtype=acc)
     out = xr.DataArray(total.astype(np.float64) / n, dims=image, coords=_image_coords(frames), name="mean_frame")
     out.attrs.update({"long_name": "mean frame", "units": frames.attrs.get("units", ""), "frames": n})
     return _finish(out, frames, "mean_frame", {})

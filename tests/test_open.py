@@ -87,7 +87,7 @@ def test_xarray_engine_with_preferred_chunks(tmp_path):
     ds = xr.open_dataset(path, engine="nexus", chunks={})
     assert ds["data"].chunks == ((1, 1, 1, 1), (8,), (6,))
     np.testing.assert_array_equal(ds["data"].values, frames)
-    assert xr.open_dataset(path, chunks={})["data"].shape == frames.shape  # recognised by extension
+    # (no engine= autodetection test: xarray asks its built-in engines first, and h5netcdf claims any HDF5 file)
 
 
 @pytest.mark.parametrize("name", list(COMPRESSIONS))

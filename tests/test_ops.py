@@ -631,3 +631,19 @@ def test_bin_window_larger_than_the_stack(chunks, factor, frame_factor):
     except ValueError:
         return  # refusing clearly is as good as numpy's empty result
     np.testing.assert_array_equal(binned.values, _bin_reference(arr, factor, frame_factor))
+
+
+def test_fused_reductions_read_frames_straight_from_the_file(tmp_path):
+    """Untouched frames from al.open are reduced frame by frame from the file; anything else takes the generic path."""
+    from .conftest import write_stack
+
+    arr = np.random.default_rng(5).poisson(7, (9, 24, 20)).astype(np.uint32)
+    frames = al.open(write_stack(tmp_path / "s.nxs", arr), chunks={"frame": 4})["data"]
+    assert ops._fused(frames) is not None
+    for changed in (frames[1:], frames + 1, frames.chunk({"row": 12})):
+        assert ops._fused(changed) is None
+    np.testing.assert_allclose(ops.mean_frame(frames).values, arr.mean(axis=0))
+    stats = ops.frame_stats(frames)
+    np.testing.assert_array_equal(stats["sum"].values, arr.reshape(9, -1).sum(axis=1))
+    np.testing.assert_array_equal(stats["min"].values, arr.min(axis=(1, 2)))
+    np.testing.assert_array_equal(ops.mean_frame(frames[2:7]).values, arr[2:7].mean(axis=0))
