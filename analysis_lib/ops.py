@@ -149,6 +149,13 @@ def _sum_frames(reader, start: int, stop: int, acc) -> np.ndarray:
     return total
 
 
+def _roi_frames(reader, start: int, stop: int, selectors, acc) -> np.ndarray:
+    out = np.empty((stop - start, len(selectors)), dtype=acc)
+    for i, frame in enumerate(reader.frames(start, stop)):
+        out[i] = _roi_block(frame[np.newaxis], selectors, acc)[0]
+    return out
+
+
 def _stats_frames(reader, start: int, stop: int, acc) -> np.ndarray:
     out = np.empty((stop - start, 3), dtype=np.float64)
     for i, frame in enumerate(reader.frames(start, stop)):
@@ -289,16 +296,20 @@ def roi_sums(frames, rois) -> xr.DataArray:
     names, selectors = _roi_masks(rois, frames.shape[-2:])
     data = _dask(frames)
     acc = _accumulator(frames.dtype)
-    sums = data.map_blocks(
-        _roi_block,
-        selectors,
-        acc,
-        drop_axis=[data.ndim - 2, data.ndim - 1],
-        new_axis=[data.ndim - 2],
-        chunks=data.chunks[:-2] + ((len(names),),),
-        dtype=acc,
-        meta=np.empty((0,) * (data.ndim - 1), dtype=acc),
-    )
+    reader = _fused(frames)
+    if reader is not None:
+        sums = da.concatenate(_per_block(reader, data, _roi_frames, lambda n: (n, len(names)), acc, selectors, acc))
+    else:
+        sums = data.map_blocks(
+            _roi_block,
+            selectors,
+            acc,
+            drop_axis=[data.ndim - 2, data.ndim - 1],
+            new_axis=[data.ndim - 2],
+            chunks=data.chunks[:-2] + ((len(names),),),
+            dtype=acc,
+            meta=np.empty((0,) * (data.ndim - 1), dtype=acc),
+        )
     coords = {k: v for k, v in frames.coords.items() if set(v.dims) <= set(lead)}
     coords["roi"] = names
     out = xr.DataArray(sums, dims=lead + ("roi",), coords=coords, name="roi_sums")

@@ -646,4 +646,8 @@ def test_fused_reductions_read_frames_straight_from_the_file(tmp_path):
     stats = ops.frame_stats(frames)
     np.testing.assert_array_equal(stats["sum"].values, arr.reshape(9, -1).sum(axis=1))
     np.testing.assert_array_equal(stats["min"].values, arr.min(axis=(1, 2)))
+    mask = arr[0] > 7
+    rois = ops.roi_sums(frames, {"box": (2, 10, 3, 15), "mask": mask})
+    np.testing.assert_array_equal(rois.sel(roi="box").values, arr[:, 2:10, 3:15].sum(axis=(1, 2)))
+    np.testing.assert_array_equal(rois.sel(roi="mask").values, arr[:, mask].sum(axis=1))
     np.testing.assert_array_equal(ops.mean_frame(frames[2:7]).values, arr[2:7].mean(axis=0))
