@@ -37,10 +37,6 @@ class Boundary:
     def __repr__(self):
         return f"Boundary({[str(r) for r in self.roots]})"
 
-    def contains(self, path: str | os.PathLike) -> bool:
-        real = Path(os.path.realpath(path))
-        return any(real.is_relative_to(r) for r in self.roots)
-
     def check(self, path: str | os.PathLike, what: str) -> Path:
         """The real path of ``path`` if it lies inside, else ``AccessDenied`` naming ``what``."""
         real = Path(os.path.realpath(path))

@@ -80,8 +80,9 @@ def dataset_from_description(desc: FileDescription) -> xr.Dataset:
     data_vars = {}
     for v in desc.variables:
         stored = v.stored
-        array = indexing.LazilyIndexedArray(NexusBackendArray(reader_for(stored)))
-        encoding = {"dtype": np.dtype(stored.dtype)}
+        reader = reader_for(stored)
+        array = indexing.LazilyIndexedArray(NexusBackendArray(reader))
+        encoding = {"dtype": np.dtype(stored.dtype), "beamside_reader": reader}
         if stored.chunks:
             encoding["preferred_chunks"] = dict(zip(v.dims, stored.chunks))
             encoding["chunksizes"] = stored.chunks

@@ -17,7 +17,7 @@ import numpy as np
 
 # HDF5 filter ids (https://portal.hdfgroup.org/documentation/hdf5-docs/registered_filter_plugins.html)
 DEFLATE, SHUFFLE, FLETCHER32 = 1, 2, 3
-LZ4, BITSHUFFLE, ZSTD, BLOSC = 32004, 32008, 32015, 32001
+LZ4, BITSHUFFLE, ZSTD = 32004, 32008, 32015
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ import xarray as xr
 
 from . import _config
 from ._backend import dataset_from_description, describe_file
-from ._chunks import reader_for
 
 _builtin_open = open
 
@@ -50,9 +49,9 @@ def open(
     token = f"{desc.file}-{os.stat(desc.file).st_mtime_ns}-{desc.group}-{signal}-{dataset}"
     ds = ds.chunk(chunks, name_prefix="beamside-", token=token)
     for v in desc.variables:
-        # Lets al.ops reduce these frames straight from the file (see ops._fused); valid only
-        # while the array is untouched, which the Dask name proves.
-        ds[v.name].encoding.update(beamside_reader=reader_for(v.stored), beamside_dask_name=ds[v.name].data.name)
+        # Lets al.ops reduce these frames straight from the file with the backend's reader
+        # (see ops._fused); valid only while the array is untouched, which the Dask name proves.
+        ds[v.name].encoding["beamside_dask_name"] = ds[v.name].data.name
     return ds
 
 

@@ -606,7 +606,7 @@ class _Describer(_Inspector):
             if not indices or any(not (0 <= i < ndim) for i in indices):
                 raise NexusStructureError(f"axis {name!r} has no valid @{name}_indices", file=self.path, dataset=gpath)
             try:
-                axis, af = self.get(f, posixpath.join(gpath, name))
+                axis, _ = self.get(f, posixpath.join(gpath, name))
             except NexusStructureError:
                 raise NexusStructureError(f"@axes names {name!r}, which is not in {gpath!r}", file=self.path, dataset=gpath) from None
             coords.append(self._coordinate(name, axis, [dims[i] for i in indices], [sig.shape[i] for i in indices], gpath))
