@@ -5,26 +5,44 @@ Unix account; this subclass maps hub names to beamside accounts, wraps each
 command in the same bubblewrap sandbox as the user's notebook server (the
 user's beamtimes read-only, the home and the cluster's working folder
 writable), stops whole process groups, and enforces a per-user cluster limit.
+
+The cluster's folder is root's: its TLS files and the processes' logs are
+created there by root, on file descriptors, where the user cannot rename or
+replace anything (upstream, the folder and its ``logs/`` belong to the user
+and root opens ``logs/<name>.log`` by path — a symlink the user puts there
+makes root create a file anywhere). The user's writable place is its
+``work/`` subfolder. A cluster whose user lost a beamtime, or that is older
+than ``max_cluster_age``, is stopped by a reconcile loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.local import LocalBackend, wait_is_shutdown
-from traitlets import Integer
+from traitlets import Float, Integer
 
-from . import sandbox
+from analysis_lib.catalog import load_catalog
+
+from . import rootfs, sandbox
 from .accounts import drop_privileges, ensure_account
+
+_WORK = "work"  # the user's own part of a cluster's folder
+_LOGS = "logs"
 
 
 class BeamsideBackend(sandbox.Sandboxed, LocalBackend):
     """LocalBackend + beamside accounts, sandboxes and per-user limits."""
 
     max_clusters_per_user = Integer(2, config=True, help="How many clusters one user may run at once.")
+    max_cluster_age = Float(0, config=True, help="Seconds after which a cluster is stopped even if busy (0: never).")
+    reconcile_period = Float(30, config=True, help="Seconds between checks of running clusters against the catalog.")
 
     def _account(self, username):
         return ensure_account(username, str(self.home_of(username)))
@@ -38,31 +56,62 @@ class BeamsideBackend(sandbox.Sandboxed, LocalBackend):
             )
         return await super().start_cluster(user, cluster_options)
 
-    def set_file_permissions(self, paths, username):
-        """Give the cluster's working folder (and its TLS files) to the user's account.
+    # -- the cluster's folder: root's, with the user's work/ inside -------------------------------
+    def setup_working_directory(self, cluster):
+        """``<clusters>/<name>/`` (root, group of the user, 0750) with ``.certs/`` and ``logs/`` (root's,
+        readable by the user) and ``work/`` (the user's, the processes' working folder)."""
+        if not self.isolate:
+            return super().setup_working_directory(cluster)
+        account = self._account(cluster.username)
+        clusters = Path(self.clusters_directory)
+        clusters.mkdir(parents=True, exist_ok=True)
+        os.chmod(clusters, 0o711)  # users pass through to their own cluster's folder only
+        with rootfs.root_dir(clusters) as top:
+            folder, _ = rootfs.make_dir(top, cluster.name, mode=0o750, gid=account.gid)
+            try:
+                certs, _ = rootfs.make_dir(folder, ".certs", mode=0o750, gid=account.gid)
+                try:
+                    for name, data in (("dask.crt", cluster.tls_cert), ("dask.pem", cluster.tls_key)):
+                        os.close(rootfs.create_file(certs, name, mode=0o640, gid=account.gid, data=data))
+                finally:
+                    os.close(certs)
+                os.close(rootfs.make_dir(folder, _LOGS, mode=0o750, gid=account.gid)[0])
+                os.close(rootfs.make_dir(folder, _WORK, mode=0o700, uid=account.uid, gid=account.gid)[0])
+            finally:
+                os.close(folder)
+        return str(clusters / cluster.name)
 
-        dask-gateway 2026.3 passes its folders plus, through an upstream bug
-        (``paths.extend(path)``), the single characters of the TLS file paths —
-        among them ``"/"``: LocalBackend then chowns the root folder to the user.
-        So only what lies inside the clusters folder is ever chowned here.
+    def set_file_permissions(self, paths, username):
+        """Nothing to give away: :meth:`setup_working_directory` sets every owner on creation.
+
+        (Upstream chowns each path here, and through a bug in dask-gateway 2026.3,
+        ``paths.extend(path)``, also the single characters of the TLS paths — ``"/"`` among them.)
         """
         if not self.isolate:
             return
-        account = self._account(username)
-        root = os.path.realpath(self.clusters_directory) + os.sep
-        inside = {os.path.realpath(p) for p in paths if isinstance(p, str) and os.path.isabs(p) and len(p) > 1}
-        for folder in list(inside):
-            if os.path.isdir(folder):
-                inside.update(os.path.join(folder, name) for name in os.listdir(folder))
-        for p in sorted(inside):
-            if p.startswith(root):
-                os.chown(p, account.uid, account.gid)
+
+    async def start_process(self, cluster, cmd, env, name):
+        """Start one scheduler or worker with its output in ``logs/<name>.log``, created by root on the
+        folder's fd with no-follow flags, and no stdin of root's."""
+        if not self.isolate:
+            return await super().start_process(cluster, cmd, env, name)
+        account = self._account(cluster.username)
+        with rootfs.root_dir(Path(cluster.state["workdir"]) / _LOGS) as logs:
+            fd = rootfs.create_file(logs, f"{name}.log", mode=0o640, gid=account.gid)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, preexec_fn=self.make_preexec_fn(cluster), start_new_session=True, env=env,
+                stdin=subprocess.DEVNULL, stdout=fd, stderr=asyncio.subprocess.STDOUT,
+            )
+        finally:
+            os.close(fd)
+        return proc.pid
 
     def make_preexec_fn(self, cluster):
         workdir = cluster.state["workdir"]
         if not self.isolate:
             return lambda: os.chdir(workdir)
-        return drop_privileges(self._account(cluster.username), workdir)
+        return drop_privileges(self._account(cluster.username), os.path.join(workdir, _WORK))
 
     def get_env(self, cluster):
         env = super().get_env(cluster)
@@ -81,15 +130,56 @@ class BeamsideBackend(sandbox.Sandboxed, LocalBackend):
         if not self.isolate:
             return cmd
         account = self._account(cluster.username)
-        self.home_of(cluster.username).mkdir(parents=True, exist_ok=True)
-        workdir = Path(cluster.state["workdir"])
-        return self.sandbox_argv(cluster.username, account.gid, writable=[workdir], workdir=workdir) + list(cmd)
+        sandbox.ensure_home(Path(self.homes_dir), cluster.username, account)
+        folder = Path(cluster.state["workdir"])
+        return self.sandbox_argv(account, readonly=[folder], writable=[folder / _WORK], workdir=folder / _WORK) + list(cmd)
 
     def get_scheduler_command(self, cluster):
         return self._sandboxed(cluster, super().get_scheduler_command(cluster))
 
     def get_worker_command(self, cluster, worker_name, scheduler_address=None):
-        return self._sandboxed(cluster, super().get_worker_command(cluster, worker_name, scheduler_address))
+        # Workers' own dashboards are unauthenticated and nobody needs them: the scheduler's is
+        # reached through the gateway's authenticated proxy.
+        cmd = super().get_worker_command(cluster, worker_name, scheduler_address) + ["--no-dashboard"]
+        return self._sandboxed(cluster, cmd)
+
+    # -- access ends: revoked beamtimes, maximum age ------------------------------------------
+    def _granted(self, username: str) -> list[str]:
+        return sorted(bt.id for bt in load_catalog(self.catalog).readable(username))
+
+    async def do_start_cluster(self, cluster):
+        granted = self._granted(cluster.username)
+        async for state in super().do_start_cluster(cluster):
+            yield {**state, "beamtimes": granted}
+
+    def cluster_must_end(self, cluster, now: float | None = None) -> str | None:
+        """Why ``cluster`` may run no longer (None: it may): a beamtime its processes mount was
+        revoked (their mounts are fixed at start), or it is older than ``max_cluster_age``."""
+        now = time.time() if now is None else now
+        if self.max_cluster_age and now - cluster.start_time / 1000 > self.max_cluster_age:
+            return f"older than {self.max_cluster_age:.0f} s (dask.max_age)"
+        lost = set(cluster.state.get("beamtimes") or ()) - set(self._granted(cluster.username))
+        if lost:
+            return f"access to {', '.join(sorted(lost))} ended"
+        return None
+
+    async def setup(self, app):
+        await super().setup(app)
+        self.task_pool.spawn(self._reconcile_loop())
+
+    async def _reconcile_loop(self):
+        while True:
+            await asyncio.sleep(self.reconcile_period)
+            try:
+                for cluster in self.db.active_clusters():
+                    why = self.cluster_must_end(cluster)
+                    if why:
+                        self.log.warning("stopping cluster %s of %s: %s", cluster.name, cluster.username, why)
+                        await self.stop_cluster(cluster.name, failed=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a broken catalog must not end the loop; the next round retries
+                self.log.warning("could not check clusters against the catalog: %s", exc)
 
     async def stop_process(self, pid):
         """Stop the sandbox's whole process group: SIGINT, then SIGTERM, then SIGKILL."""
