@@ -15,7 +15,9 @@ sandbox contains is tested without starting one.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +27,21 @@ from traitlets import Bool, HasTraits, List, Unicode
 
 from analysis_lib.catalog import Catalog, load_catalog
 
-IN_SANDBOX_CATALOG = "/run/beamside/catalog.yaml"
+from . import rootfs
+from .accounts import Account
+
+IN_SANDBOX_CATALOG_DIR = "/run/beamside/catalog"  # a folder: a catalog replaced on the host shows inside
+IN_SANDBOX_CATALOG = f"{IN_SANDBOX_CATALOG_DIR}/catalog.yaml"
 IN_SANDBOX_AUDIT = "/run/beamside/audit.sock"
-_SYSTEM_RO = ("/usr", "/etc")
 _SYSTEM_LINKS = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
+# The host's /etc holds other users' names (passwd, group), perhaps an admin's settings, catalog or
+# state: a sandbox gets only what programs need to run, plus a passwd and group of its own.
+ETC_ALLOWED = (
+    "alternatives", "bash.bashrc", "ca-certificates", "ca-certificates.conf", "debian_version", "environment",
+    "fonts", "gai.conf", "host.conf", "hosts", "inputrc", "ld.so.cache", "ld.so.conf", "ld.so.conf.d",
+    "locale.alias", "localtime", "magic", "magic.mime", "mime.types", "nsswitch.conf", "os-release", "profile",
+    "profile.d", "protocols", "python3", "python3.11", "services", "shells", "ssl", "terminfo", "timezone", "xdg",
+)
 
 
 @dataclass
@@ -39,10 +52,26 @@ class SandboxSpec:
     data_root: Path
     beamtimes: list[tuple[Path, Path]]  # (real folder, where it appears under data_root)
     software: list[Path]  # read-only: the virtual environment and beamside's sources
-    catalog: Path | None = None  # the user's own, filtered catalog
+    catalog_dir: Path | None = None  # holds the user's own, filtered catalog.yaml
+    etc_dir: Path | None = None  # holds the sandbox's own passwd and group
     audit_socket: Path | None = None
-    writable: list[Path] = field(default_factory=list)  # e.g. a Dask cluster's working folder
+    readonly: list[Path] = field(default_factory=list)  # e.g. a Dask cluster's folder (its TLS files)
+    writable: list[Path] = field(default_factory=list)  # e.g. the user's part of that folder
     workdir: Path | None = None
+
+
+def _etc_argv(etc_dir: Path | None) -> list[str]:
+    argv = ["--dir", "/etc"]
+    for name in ETC_ALLOWED:
+        host = Path("/etc") / name
+        if host.is_symlink():
+            argv += ["--symlink", os.readlink(host), str(host)]
+        elif host.exists():
+            argv += ["--ro-bind", str(host), str(host)]
+    if etc_dir is not None:
+        for name in ("passwd", "group"):
+            argv += ["--ro-bind", str(etc_dir / name), f"/etc/{name}"]
+    return argv
 
 
 def bwrap_argv(spec: SandboxSpec, bwrap: str = "bwrap") -> list[str]:
@@ -55,21 +84,23 @@ def bwrap_argv(spec: SandboxSpec, bwrap: str = "bwrap") -> list[str]:
     # No --new-session: the sandbox must stay in the process group its launcher
     # starts (start_new_session=True, so it has no terminal to protect), or
     # stopping that group would leave the sandbox running.
-    for path in _SYSTEM_RO:
-        argv += ["--ro-bind", path, path]
+    argv += ["--ro-bind", "/usr", "/usr"]
     for link, target in _SYSTEM_LINKS.items():
         if os.path.exists(link):
             argv += ["--symlink", target, link]
+    argv += _etc_argv(spec.etc_dir)
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run", "--dir", str(spec.data_root)]
     for path in spec.software:
         argv += ["--ro-bind", str(path), str(path)]
     for real, inside in spec.beamtimes:
         argv += ["--ro-bind", str(real), str(inside)]
     argv += ["--bind", str(spec.home), str(spec.home)]
+    for path in spec.readonly:
+        argv += ["--ro-bind", str(path), str(path)]
     for path in spec.writable:
         argv += ["--bind", str(path), str(path)]
-    if spec.catalog is not None:
-        argv += ["--ro-bind", str(spec.catalog), IN_SANDBOX_CATALOG]
+    if spec.catalog_dir is not None:
+        argv += ["--ro-bind", str(spec.catalog_dir), IN_SANDBOX_CATALOG_DIR]
     if spec.audit_socket is not None:
         argv += ["--bind", str(spec.audit_socket), IN_SANDBOX_AUDIT]
     argv += ["--setenv", "HOME", str(spec.home), "--setenv", "TMPDIR", "/tmp"]
@@ -94,17 +125,84 @@ def user_catalog(catalog: Catalog, user: str) -> dict:
     return {"data_root": str(catalog.data_root), "beamtimes": beamtimes}
 
 
-def write_user_catalog(catalog: Catalog, user: str, path: Path, gid: int) -> Path:
-    """Write the user's catalog, readable by root and the user's group only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chown(path.parent, 0, gid)
-    os.chmod(path.parent, 0o750)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(user_catalog(catalog, user), sort_keys=False))
-    os.chown(tmp, 0, gid)
-    os.chmod(tmp, 0o640)
-    os.replace(tmp, path)
-    return path
+def passwd_lines(account: Account) -> tuple[str, str]:
+    """The sandbox's own /etc/passwd and /etc/group: root, nobody and the user, no other hub user."""
+    pw, gr = pwd.getpwuid(account.uid), grp.getgrgid(account.gid)
+    passwd = (f"root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+              f"{pw.pw_name}:x:{pw.pw_uid}:{pw.pw_gid}:{pw.pw_gecos}:{pw.pw_dir}:/bin/bash\n")
+    group = f"root:x:0:\nnogroup:x:65534:\n{gr.gr_name}:x:{gr.gr_gid}:\n"
+    return passwd, group
+
+
+def write_user_files(catalog: Catalog, account: Account, sandboxes_dir: Path) -> Path:
+    """The user's folder of sandbox files (root's, readable by the user's group only): the filtered
+    catalog in ``catalog/`` (bound as a folder, so a replaced catalog reaches running sandboxes)
+    and ``etc/passwd``, ``etc/group``. Written on file descriptors from root's sandboxes folder."""
+    passwd, group = passwd_lines(account)
+    text = yaml.safe_dump(user_catalog(catalog, account.hub_name), sort_keys=False).encode()
+    with rootfs.root_dir(sandboxes_dir) as top:
+        user_fd, _ = rootfs.make_dir(top, account.unix_name, mode=0o750, gid=account.gid, exist_ok=True)
+        try:
+            for sub, files in (("catalog", {"catalog.yaml": text}), ("etc", {"passwd": passwd.encode(), "group": group.encode()})):
+                fd, _ = rootfs.make_dir(user_fd, sub, mode=0o750, gid=account.gid, exist_ok=True)
+                try:
+                    for name, data in files.items():
+                        rootfs.replace_file(fd, name, data, mode=0o640, gid=account.gid)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(user_fd)
+    return sandboxes_dir / account.unix_name
+
+
+def ensure_home(homes_dir: Path, name: str, account: Account | None, examples: str | None = None) -> Path:
+    """The user's home, created on first use with the worked examples in it.
+
+    Root never walks a home a user can write: a new home stays root's (mode 0700) while the examples
+    are copied in, and only then is the folder itself given to the user, on its fd. An existing
+    home only has its own owner and mode set again, never anything inside it.
+    """
+    if "/" in name or name in ("", ".", ".."):
+        raise ValueError(f"{name!r} cannot name a home folder")
+    home = homes_dir / name
+    if account is None or os.geteuid() != 0:  # the unisolated demo, run by an ordinary user
+        fresh = not home.exists()
+        home.mkdir(parents=True, exist_ok=True)
+        if fresh and examples and os.path.isdir(examples):
+            shutil.copytree(examples, home / "examples")
+        return home
+    with rootfs.root_dir(homes_dir) as homes:
+        try:
+            os.mkdir(name, 0o700, dir_fd=homes)
+            fresh = True
+        except FileExistsError:
+            fresh = False
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=homes)
+        try:
+            if fresh and examples and os.path.isdir(examples):
+                _copy_in(Path(examples), fd, "examples", account)
+            os.fchown(fd, account.uid, account.gid)
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+    return home
+
+
+def _copy_in(source: Path, parent: int, name: str, account: Account) -> None:
+    """Copy root's own tree ``source`` into a folder only root can reach yet, owned by the user."""
+    fd, _ = rootfs.make_dir(parent, name, mode=0o755, uid=account.uid, gid=account.gid)
+    try:
+        for entry in sorted(source.iterdir()):
+            if entry.is_symlink():
+                continue
+            if entry.is_dir():
+                _copy_in(entry, fd, entry.name, account)
+            elif entry.is_file():
+                out = rootfs.create_file(fd, entry.name, mode=0o644, uid=account.uid, gid=account.gid,
+                                         data=entry.read_bytes())
+                os.close(out)
+    finally:
+        os.close(fd)
 
 
 def beamtime_mounts(catalog: Catalog, user: str) -> list[tuple[Path, Path]]:
@@ -143,16 +241,19 @@ class Sandboxed(HasTraits):
     def home_of(self, user: str) -> Path:
         return Path(self.homes_dir) / user
 
-    def sandbox_argv(self, user: str, gid: int, *, writable=(), workdir: Path | None = None) -> list[str]:
-        """The bubblewrap command line for ``user`` (writes the user's filtered catalog first)."""
+    def sandbox_argv(self, account: Account, *, readonly=(), writable=(), workdir: Path | None = None) -> list[str]:
+        """The bubblewrap command line for ``account``'s user (writes the user's sandbox files first)."""
         catalog = load_catalog(self.catalog)
+        user_dir = write_user_files(catalog, account, Path(self.sandboxes_dir))
         spec = SandboxSpec(
-            home=self.home_of(user),
+            home=self.home_of(account.hub_name),
             data_root=catalog.data_root,
-            beamtimes=beamtime_mounts(catalog, user),
+            beamtimes=beamtime_mounts(catalog, account.hub_name),
             software=[Path(p) for p in self.software_paths],
-            catalog=write_user_catalog(catalog, user, Path(self.sandboxes_dir) / user / "catalog.yaml", gid),
+            catalog_dir=user_dir / "catalog",
+            etc_dir=user_dir / "etc",
             audit_socket=Path(self.audit_socket) if self.audit_socket else None,
+            readonly=list(readonly),
             writable=list(writable),
             workdir=workdir,
         )

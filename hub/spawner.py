@@ -8,21 +8,30 @@ user's beamtimes (see :mod:`beamside_hub.sandbox`). Servers survive a hub
 restart; stopping one signals its whole process group, so kernels and
 anything they started go too. When a server stops, the user's Dask clusters
 stop with it unless they were started detached (for a script's job).
+
+A server's mounts are fixed when it starts, so every poll compares the
+beamtimes it was started with against the catalog: a server whose user lost
+one is stopped (the next start mounts only what is left). Its standard
+streams are never root's: stdin is /dev/null, output goes to a per-user log
+that root creates on a file descriptor of its own logs folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
+import subprocess
 from pathlib import Path
+
 
 from jupyterhub.spawner import LocalProcessSpawner
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets import Unicode
 
-from . import sandbox
+from analysis_lib.catalog import load_catalog
+
+from . import rootfs, sandbox
 from .accounts import Account, drop_privileges, ensure_account
 
 
@@ -31,6 +40,8 @@ class BeamsideSpawner(sandbox.Sandboxed, LocalProcessSpawner):
 
     examples_dir = Unicode("", config=True, help="Worked examples copied into each new user's home on first login.")
     gateway_api_url = Unicode("", config=True, help="dask-gateway's API, used to end a user's clusters when the server stops.")
+    logs_dir = Unicode("", config=True, help="Root's folder for each user's server output (<account>.log, root-only).")
+    granted: list[str] = []  # the beamtimes the running server was started with
 
     # -- who and where -------------------------------------------------------------
     @property
@@ -75,28 +86,67 @@ class BeamsideSpawner(sandbox.Sandboxed, LocalProcessSpawner):
         return env
 
     # -- start -----------------------------------------------------------------------
-    def _prepare_home(self, account: Account | None) -> None:
-        home = self.home
-        fresh = not home.exists()
-        home.mkdir(parents=True, exist_ok=True)
-        if fresh and self.examples_dir and os.path.isdir(self.examples_dir):
-            shutil.copytree(self.examples_dir, home / "examples", dirs_exist_ok=True)
-        if account is not None:
-            for root, dirs, files in os.walk(home):
-                for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
-                    os.lchown(name, account.uid, account.gid)
-            os.chmod(home, 0o700)
-
     async def start(self):
         account = self._account()
-        self._prepare_home(account)
-        base_cmd = list(self.cmd)
+        sandbox.ensure_home(Path(self.homes_dir), self.user.name, account, self.examples_dir or None)
+        self.granted = self._granted()
+        base_cmd, base_popen = list(self.cmd), dict(self.popen_kwargs)
+        log_fd = self._open_log(account)
+        self.popen_kwargs = {**base_popen, "stdin": subprocess.DEVNULL,
+                             **({"stdout": log_fd, "stderr": subprocess.STDOUT} if log_fd is not None else {})}
         if account is not None:
-            self.cmd = self.sandbox_argv(self.user.name, account.gid) + base_cmd
+            self.cmd = self.sandbox_argv(account) + base_cmd
         try:
             return await super().start()
         finally:
-            self.cmd = base_cmd
+            self.cmd, self.popen_kwargs = base_cmd, base_popen
+            if log_fd is not None:
+                os.close(log_fd)
+
+    def _open_log(self, account) -> int | None:
+        """The user's server log, appended to; root's folder and file, opened without following links."""
+        if not (self.logs_dir and account is not None):
+            return None
+        folder = Path(self.logs_dir)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with rootfs.root_dir(folder) as logs:
+            return rootfs.create_file(logs, f"{account.unix_name}.log", mode=0o600, append=True)
+
+    # -- access that ended -------------------------------------------------------------
+    def _granted(self) -> list[str]:
+        return sorted(bt.id for bt in load_catalog(self.catalog).readable(self.user.name))
+
+    def get_state(self):
+        state = super().get_state()
+        if self.granted:
+            state["beamtimes"] = self.granted
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.granted = list(state.get("beamtimes") or [])
+
+    def clear_state(self):
+        super().clear_state()
+        self.granted = []
+
+    async def poll(self):
+        """Running, and still allowed everything it mounts? A revoked beamtime stops the server."""
+        status = await super().poll()
+        if status is not None or not self.isolate or not self.granted:
+            return status
+        try:
+            lost = set(self.granted) - set(self._granted())
+            account = self._account()
+            sandbox.write_user_files(load_catalog(self.catalog), account, Path(self.sandboxes_dir))
+        except Exception as exc:  # a broken catalog keeps running servers; new starts refuse
+            self.log.warning("could not check %s's access against the catalog: %s", self.user.name, exc)
+            return None
+        if not lost:
+            return None
+        self.log.warning("stopping the server of %s: access to %s ended", self.user.name, ", ".join(sorted(lost)))
+        await self._signal(signal.SIGKILL)
+        return 1
 
     # -- stop ------------------------------------------------------------------------
     async def _signal(self, sig):

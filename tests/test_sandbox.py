@@ -14,7 +14,8 @@ def spec_for(facility, user) -> tuple[sandbox.SandboxSpec, Catalog]:
     cat = load_catalog(facility)
     spec = sandbox.SandboxSpec(
         home=Path(f"/homes/{user}"), data_root=cat.data_root, beamtimes=sandbox.beamtime_mounts(cat, user),
-        software=[Path("/opt/venv")], catalog=Path("/srv/sandboxes/x/catalog.yaml"), audit_socket=Path("/srv/run/audit.sock"),
+        software=[Path("/opt/venv")], catalog_dir=Path("/srv/sandboxes/x/catalog"), etc_dir=Path("/srv/sandboxes/x/etc"),
+        audit_socket=Path("/srv/run/audit.sock"),
     )
     return spec, cat
 
@@ -30,8 +31,14 @@ def test_only_the_users_beamtimes_are_mounted_read_only(facility):
     data = [(src, dst) for src, dst in ro if dst.startswith(str(cat.data_root))]
     assert data == [(str(cat.data_root / "p1"), str(cat.data_root / "p1"))]
     assert binds(argv, "--bind") == [("/homes/alice", "/homes/alice"), ("/srv/run/audit.sock", sandbox.IN_SANDBOX_AUDIT)]
-    assert ("/srv/sandboxes/x/catalog.yaml", sandbox.IN_SANDBOX_CATALOG) in ro
+    assert ("/srv/sandboxes/x/catalog", sandbox.IN_SANDBOX_CATALOG_DIR) in ro  # a folder: replacements show
     assert ("/", "/") not in ro and not any(dst == "/root" for _, dst in ro)
+    # no host /etc: only what programs need, and a passwd/group of the sandbox's own
+    assert ("/etc", "/etc") not in ro
+    etc = {dst for _, dst in ro if dst.startswith("/etc")}
+    assert ("/srv/sandboxes/x/etc/passwd", "/etc/passwd") in ro and ("/srv/sandboxes/x/etc/group", "/etc/group") in ro
+    assert not etc & {"/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssh", "/etc/subuid", "/etc/machine-id"}
+    assert etc <= {f"/etc/{n}" for n in (*sandbox.ETC_ALLOWED, "passwd", "group")}
     assert {"--unshare-user", "--unshare-pid", "--unshare-ipc"} <= set(argv)
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
     assert "--new-session" not in argv  # the sandbox must stay in its launcher's process group
