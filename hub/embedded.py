@@ -58,24 +58,54 @@ def _traversable_by_others(path: Path) -> Path | None:
     return None
 
 
-def decide_isolation(mode: str, software: list[str]) -> tuple[bool, str]:
+def decide_isolation(mode: str, software: list[str], *, demo: bool) -> tuple[bool, str]:
+    """Isolated, or why not. Fails closed: user code never runs unisolated by accident.
+
+    ``auto`` and ``bubblewrap`` isolate or stop with the reason. An unisolated deployment is only
+    what ``isolation: none`` asks for explicitly, only with demo data, and never as root (every
+    user's code would run as root).
+    """
     if mode == "none":
+        if not demo:
+            raise SystemExit("singleuser.isolation: none is only for a demo with generated data; with a facility "
+                             "catalog (data.catalog) users must be isolated")
+        if os.geteuid() == 0:
+            raise SystemExit("singleuser.isolation: none would run every user's code as root: run `beamside up` "
+                             "as an ordinary user for an unisolated demo, or drop the setting to isolate users")
         return False, "disabled in the settings (singleuser.isolation: none)"
     ok, why = sandbox.can_isolate()
     if ok:
         for p in software:
             blocked = _traversable_by_others(Path(p))
             if blocked:
-                ok, why = False, f"users cannot reach {p} ({blocked} is not searchable by others; chmod o+x it)"
+                ok, why = False, (f"users' accounts cannot reach {p}: {blocked} is not searchable by others. Clone "
+                                  f"beamside where other users can enter (e.g. under /opt or /srv), or `chmod o+x {blocked}`")
                 break
-    if not ok and mode == "bubblewrap":
-        raise SystemExit(f"isolation was required but is impossible here: {why}")
+    if not ok:
+        raise SystemExit(f"beamside cannot isolate users here: {why}. (For a demo without isolation, as an ordinary "
+                         "user and with demo data only: singleuser.isolation: none)")
     return ok, why
+
+
+def _refuse_if_visible(paths: dict, settings_file: str | None, software: list[str], beamtimes: list[Path]) -> None:
+    """Stop if the settings, the catalog or the state lie where users' sandboxes see them (a bound path)."""
+    bound = [Path("/usr"), *(Path("/etc") / n for n in sandbox.ETC_ALLOWED), *map(Path, software), *beamtimes]
+    for what, place in (("the settings file", settings_file), ("the catalog", paths["catalog"]),
+                        ("the state folder", paths["state"]), ("the passwords file", paths["passwords_file"])):
+        if not place:
+            continue
+        real = Path(os.path.realpath(place))
+        for b in bound:
+            b = Path(os.path.realpath(b))
+            if real == b or b in real.parents:
+                raise SystemExit(f"{what} {place} lies inside {b}, which every user's sandbox sees: move it "
+                                 "to a folder users cannot read (e.g. /srv/beamside)")
 
 
 def prepare(config: str | None, overrides: dict | None = None) -> dict:
     """Resolve settings into the runtime file; create state, secrets, demo data and logins."""
     s = settings_mod.load(config, overrides)
+    os.umask(0o077)  # state, secrets and databases are root's alone unless a mode says otherwise
     state = Path(s["hub"]["state_dir"])
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o711)  # users may pass through to their homes, never list
@@ -102,16 +132,27 @@ def prepare(config: str | None, overrides: dict | None = None) -> dict:
     (state / "gateway" / "db").mkdir(mode=0o700, exist_ok=True)
     (state / "run").mkdir(exist_ok=True)
     os.chmod(state / "run", 0o711)
-    (state / "logs").mkdir(exist_ok=True)
-    if not paths["catalog"]:
+    (state / "logs").mkdir(mode=0o700, exist_ok=True)
+    demo = not paths["catalog"]
+    isolate, why = decide_isolation(s["singleuser"]["isolation"], [*paths["software"], paths["homes"]], demo=demo)
+    if demo:
         from analysis_lib._demo import write_demo_data
 
         _say(f"writing demo beamtimes ({s['data']['demo_size']}) under {state / 'demo'} …")
-        paths["catalog"] = str(write_demo_data(state / "demo", s["data"]["demo_size"]))
-    isolate, why = decide_isolation(s["singleuser"]["isolation"], [*paths["software"], paths["homes"]])
+        old_umask = os.umask(0o022)  # users' accounts read the demo beamtimes
+        try:
+            paths["catalog"] = str(write_demo_data(state / "demo", s["data"]["demo_size"]))
+        finally:
+            os.umask(old_umask)
+    from analysis_lib.catalog import load_catalog
+
+    _refuse_if_visible(paths, config, paths["software"], [bt.real_path for bt in load_catalog(paths["catalog"]).beamtimes])
+    for db in state.glob("*.sqlite"):  # made before umask 077 was set: hub databases hold OAuth secrets
+        os.chmod(db, 0o600)
     runtime = {
         "settings": s,
         "paths": paths,
+        "demo": demo,
         "isolate": isolate,
         "isolation": why,
         "secrets": {
@@ -122,8 +163,8 @@ def prepare(config: str | None, overrides: dict | None = None) -> dict:
     runtime["secrets"]["gateway_db_key"] = _secret(
         secret_dir, "gateway_db_key", lambda: __import__("base64").b64encode(secrets.token_bytes(32)).decode()
     )
-    if s["auth"]["type"] == "passwords":
-        runtime["demo_logins"] = _demo_logins(Path(paths["passwords_file"]), secret_dir / "demo-logins.json")
+    if s["auth"]["type"] == "passwords" and demo:
+        runtime["demo_logins"] = _demo_logins(Path(paths["passwords_file"]))
     runtime_file = state / "runtime.json"
     fd = os.open(runtime_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -132,17 +173,17 @@ def prepare(config: str | None, overrides: dict | None = None) -> dict:
     return runtime
 
 
-def _demo_logins(passwords_file: Path, logins_file: Path) -> dict:
-    """Per-user random passwords for the demo users (hashes in the passwords file, once)."""
-    logins = json.loads(logins_file.read_text()) if logins_file.exists() else {}
-    existing = auth.read_passwords(passwords_file)
-    for user in DEMO_USERS:
-        if user not in existing:
-            logins[user] = secrets.token_urlsafe(9)
-            auth.set_password(passwords_file, user, logins[user])
-    fd = os.open(logins_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(logins, f)
+def _demo_logins(passwords_file: Path) -> dict:
+    """Random passwords for the demo users, made once: when the passwords file is first created.
+
+    Only their hashes are kept; the plain passwords are shown once, in the first banner (and held
+    in the root-only runtime file of that start). A demo user an admin deleted stays deleted.
+    """
+    if passwords_file.exists():
+        return {}
+    logins = {user: secrets.token_urlsafe(12) for user in DEMO_USERS}
+    for user, password in logins.items():
+        auth.set_password(passwords_file, user, password)
     return logins
 
 
@@ -165,24 +206,26 @@ class Supervisor:
         """The public proxy runs beside the hub, not under it: a hub restart leaves every route,
         and every open notebook or kernel connection, in place (as on Kubernetes)."""
         hub = self.runtime["settings"]["hub"]
-        log = open(self.state / "logs" / "proxy.log", "ab")
+        log = _open_log(self.state / "logs", "proxy.log")
         env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": self.runtime["secrets"]["proxy_token"]}
         self.proxy = subprocess.Popen(
             [self.runtime["paths"]["chp"], "--ip", hub["ip"], "--port", str(hub["port"]),
              "--api-ip", "127.0.0.1", "--api-port", str(hub["proxy_api_port"]),
              "--error-target", f"http://127.0.0.1:{hub['hub_port']}/hub/error", "--log-level", "warn"],
-            cwd=self.state, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=self.state, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         (self.state / "proxy.pid").write_text(str(self.proxy.pid))
 
     def start_hub(self) -> None:
-        log = open(self.state / "logs" / "jupyterhub.log", "ab")
+        log = _open_log(self.state / "logs", "jupyterhub.log")
         env = {**os.environ, "BEAMSIDE_RUNTIME": self.runtime["file"]}
         env["PATH"] = f"{Path(sys.prefix) / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
         self.hub = subprocess.Popen(
             [str(Path(sys.prefix) / "bin" / "jupyterhub"), "-f", str(HUB_PACKAGE / "jupyterhub_config.py")],
-            cwd=self.state, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=self.state, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         (self.state / "hub.pid").write_text(str(self.hub.pid))
@@ -215,9 +258,14 @@ class Supervisor:
         _say(f"JupyterHub is up: {self.url}")
         _say(f"isolation: {'ON — ' if r['isolate'] else 'OFF (DEMO MODE, users are NOT isolated) — '}{r['isolation']}")
         if not r["isolate"]:
-            _say("!!! every user can read every file this machine's hub user can read; do not use with real data !!!")
-        for user, password in sorted((r.get("demo_logins") or {}).items()):
+            _say("!!! every user can read every file this account can read: a demo only, never with real data !!!")
+        logins = r.get("demo_logins") or {}
+        for user, password in sorted(logins.items()):
             _say(f"  login: {user:<6} password: {password}")
+        if logins:
+            _say("  (shown this once; `beamside passwd USER` sets a new one)")
+        elif r["settings"]["auth"]["type"] == "passwords":
+            _say(f"logins: the passwords in {r['paths']['passwords_file']} (set one with `beamside passwd USER`)")
         _say(f"catalog: {r['paths']['catalog']}   audit log: {r['paths']['audit_log']}")
         _say(f"logs: {self.state / 'logs'}   stop with Ctrl-C")
 
@@ -273,6 +321,11 @@ class Supervisor:
                 self.proxy.kill()
         _kill_leftovers(self.state)
         _say("stopped")
+
+
+def _open_log(folder: Path, name: str):
+    """A service's log, appended to; created root-only and never through a symlink."""
+    return os.fdopen(os.open(folder / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), "ab")
 
 
 def _kill_leftovers(state: Path) -> None:

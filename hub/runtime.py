@@ -94,8 +94,8 @@ def configure_hub(c, runtime: dict, python: str) -> None:
 
     # -- login
     admins = auth["admin_users"]
-    if admins is None:  # passwords: the demo "admin"; OIDC: only admin_groups, never a bare name
-        admins = ["admin"] if auth["type"] == "passwords" else []
+    if admins is None:  # the demo's "admin" with demo data only; a facility names its admins
+        admins = ["admin"] if auth["type"] == "passwords" and runtime.get("demo") else []
     c.Authenticator.admin_users = set(admins)
     if auth["type"] == "oidc":
         oidc = auth["oidc"]
@@ -136,6 +136,7 @@ def configure_hub(c, runtime: dict, python: str) -> None:
         sp = c.BeamsideSpawner
         _sandboxes(sp, runtime)
         sp.examples_dir = paths.get("examples", "")
+        sp.logs_dir = os.path.join(state, "logs", "users")
         sp.gateway_api_url = f"{a['gateway_url']}/services/dask-gateway/api" if dask["enabled"] else ""
         c.Spawner.cmd = [os.path.join(venv_bin, "jupyterhub-singleuser")]
         # ipc kernels: no TCP port races between kernels started in the same second, and the
@@ -145,6 +146,8 @@ def configure_hub(c, runtime: dict, python: str) -> None:
     c.Spawner.default_url = single["default_url"]
     c.Spawner.start_timeout = single["start_timeout"]
     c.Spawner.http_timeout = single["start_timeout"]
+    # every poll also checks the server's beamtimes against the catalog (a revoked one stops it)
+    c.Spawner.poll_interval = single["access_check_every"]
     if single["mem_limit"]:
         c.Spawner.mem_limit = single["mem_limit"]
     if single["cpu_limit"]:
@@ -179,7 +182,8 @@ def configure_hub(c, runtime: dict, python: str) -> None:
             {
                 "name": "idle-culler",
                 "command": [python, "-m", "jupyterhub_idle_culler",
-                            f"--timeout={s['culler']['timeout']}", f"--cull-every={s['culler']['every']}"],
+                            f"--timeout={s['culler']['timeout']}", f"--cull-every={s['culler']['every']}",
+                            f"--max-age={s['culler']['max_age']}"],
             }
         )
         roles.append({"name": "idle-culler", "services": ["idle-culler"],
@@ -281,6 +285,8 @@ def _local_gateway(c, runtime: dict) -> tuple[list[str], dict]:
     b.clusters_directory = os.path.join(paths["gateway_dir"], "clusters")
     b.api_url = f"{addresses(runtime)['gateway_url']}/services/dask-gateway/api"
     b.max_clusters_per_user = dask["max_clusters_per_user"]
+    b.max_cluster_age = dask["max_age"]
+    b.reconcile_period = s["singleuser"]["access_check_every"]
     b.db_url = f"sqlite:///{paths['gateway_dir']}/db/gateway.sqlite"
     b.db_encrypt_keys = [secrets["gateway_db_key"]]
     return [os.path.join(venv_bin, "dask")], {"PATH": f"{venv_bin}:/usr/bin:/bin", "PYTHONNOUSERSITE": "1"}

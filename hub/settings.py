@@ -54,6 +54,7 @@ DEFAULTS: dict = {
         "mem_limit": None,
         "cpu_limit": None,
         "start_timeout": 120,
+        "access_check_every": 30,  # seconds: running servers and clusters whose beamtime was revoked stop
     },
     "dask": {
         "enabled": True,
@@ -67,8 +68,11 @@ DEFAULTS: dict = {
         "worker_cores": 1,
         "worker_memory": "2 G",
         "idle_timeout": 1800,
+        "max_age": 7 * 86400,  # seconds: even a busy cluster ends then (0: never)
     },
-    "culler": {"enabled": True, "timeout": 3600, "every": 300},
+    # max_age: seconds after which a server is stopped even if active, so no session outlives
+    # a week of catalog changes unseen (0: never)
+    "culler": {"enabled": True, "timeout": 3600, "every": 300, "max_age": 7 * 86400},
     "audit": {"enabled": True},
 }
 
