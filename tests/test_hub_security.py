@@ -1,0 +1,393 @@
+"""Attacks on a real deployment: each test does what a hostile user (or a careless default) would.
+
+A review found places where root acts on paths users control and defaults that failed open; every
+test here performs one of those attacks against real processes (`beamside up`, JupyterHub, the
+gateway, bubblewrap sandboxes, the users' own Unix accounts) and fails on the code before the fix.
+
+Two deployments: the demo one (alice, bob, carol on generated beamtimes) and a "facility" one
+with a catalog this module owns, so that it can revoke access while servers run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from beamside_hub import auth
+
+from .deploy import Deployment
+from .hubclient import Kernel
+from .test_hub import ok, outcome
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _folder(prefix: str) -> Path:
+    folder = Path(tempfile.mkdtemp(dir="/tmp", prefix=prefix))
+    os.chmod(folder, 0o755)  # user accounts pass through to their homes
+    return folder
+
+
+@pytest.fixture(scope="module")
+def demo():
+    dep = Deployment(_folder("beamside-sec-"), {"culler": {"enabled": False}}).start()
+    yield dep
+    dep.stop()
+
+
+@pytest.fixture(scope="module")
+def alice(demo):
+    demo.hub.spawn("alice")
+    kernel = Kernel(demo.url, "alice", demo.hub.token("alice"))
+    yield kernel
+    kernel.close()
+
+
+def _root_only_folder() -> Path:
+    target = Path(tempfile.mkdtemp(dir="/tmp", prefix="beamside-victim-"))
+    os.chmod(target, 0o700)
+    (target / "precious").write_text("root's\n")
+    return target
+
+
+# -- 1. the gateway's logs folder ------------------------------------------------------------------
+def test_root_creates_no_worker_log_through_a_users_symlink(demo, alice):
+    """A user swaps the cluster's logs folder for a symlink; the next worker's log must not land there."""
+    target = _root_only_folder()
+    res = outcome(alice, f"""
+from dask_gateway import Gateway
+gw = Gateway()
+cluster = gw.new_cluster()
+client = cluster.get_client()
+def swap(target):
+    import os
+    here = os.getcwd()
+    folder = os.path.dirname(here) if os.path.basename(here) == "work" else here
+    logs = os.path.join(folder, "logs")
+    try:
+        os.rename(logs, logs + ".mine")
+        os.symlink(target, logs)
+        return "SWAPPED"
+    except OSError as e:
+        return type(e).__name__
+res = {{"swap": client.run_on_scheduler(swap, {str(target)!r})}}
+cluster.scale(1)
+client.wait_for_workers(1, timeout=180)
+res["worker"] = client.submit(lambda: 1 + 1).result()
+cluster.shutdown()
+""")
+    assert res["worker"] == 2  # the cluster still works
+    assert res["swap"] != "SWAPPED"
+    assert sorted(os.listdir(target)) == ["precious"]
+
+
+def test_cluster_folder_is_roots_and_only_work_is_the_users(demo, alice):
+    import pwd
+
+    res = outcome(alice, """
+from dask_gateway import Gateway
+import os
+gw = Gateway()
+cluster = gw.new_cluster()
+client = cluster.get_client()
+res = {"cwd": client.run_on_scheduler(os.getcwd)}
+""")
+    try:
+        work = Path(res["cwd"])
+        folder = work.parent
+        uid = pwd.getpwnam("bs-alice").pw_uid
+        assert work.name == "work" and work.stat().st_uid == uid
+        for path in (folder, folder / "logs", folder / ".certs", *(folder / "logs").iterdir(), *(folder / ".certs").iterdir()):
+            st = path.lstat()
+            assert st.st_uid == 0 and not st.st_mode & 0o022, path  # root's, writable by root alone
+    finally:
+        ok(alice, "cluster.shutdown(); client.close()")
+
+
+# -- 2. the home chown race ------------------------------------------------------------------------
+_SWAPPER = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD, RENAME_EXCHANGE = -100, 2
+home, target, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+os.chdir(home)
+os.makedirs("a", exist_ok=True)
+for i in range(50):
+    open(f"a/f{i}", "w").close()
+if not os.path.islink("b"):
+    os.symlink(target, "b")
+end = time.time() + seconds
+while time.time() < end:
+    libc.renameat2(AT_FDCWD, b"a", AT_FDCWD, b"b", RENAME_EXCHANGE)
+"""
+
+
+def test_restarts_never_chown_files_outside_the_home(demo):
+    """A surviving user process swaps a folder in the home with a symlink to a root folder in a loop
+    while the server restarts: root must not hand any file of that folder to the user."""
+    import pwd
+
+    demo.hub.spawn("bob")
+    account = pwd.getpwnam("bs-bob")
+    home = Path(demo.runtime["paths"]["homes"]) / "bob"
+    target = _root_only_folder()
+    for i in range(50):
+        (target / f"f{i}").write_text("root's\n")
+    os.chmod(target, 0o755)  # the user may look, never own
+
+    def as_bob():
+        os.setgroups([])
+        os.setgid(account.pw_gid)
+        os.setuid(account.pw_uid)
+
+    swapper = subprocess.Popen([sys.executable, "-c", _SWAPPER, str(home), str(target), "120"], preexec_fn=as_bob,
+                               stdin=subprocess.DEVNULL)
+    try:
+        for _ in range(8):
+            demo.hub.stop("bob")
+            demo.hub.spawn("bob")
+    finally:
+        swapper.kill()
+        swapper.wait()
+    owners = {p.name: p.lstat().st_uid for p in [target, *target.iterdir()]}
+    assert set(owners.values()) == {0}, {k: v for k, v in owners.items() if v}
+    demo.hub.stop("bob")
+
+
+# -- 5. standard streams ---------------------------------------------------------------------------
+_FDS = """
+def fds(pid="self"):
+    import os, stat
+    out = {}
+    for n in (0, 1, 2):
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{n}")
+            out[n] = [st.st_dev, st.st_ino, st.st_rdev, stat.S_ISCHR(st.st_mode)]
+        except OSError as e:
+            out[n] = type(e).__name__
+    return out
+"""
+
+
+def test_user_processes_hold_none_of_roots_streams(demo, alice):
+    res = outcome(alice, _FDS + """
+import os
+from dask_gateway import Gateway
+res = {"kernel": fds(), "server": fds(os.getppid())}
+gw = Gateway()
+cluster = gw.new_cluster()
+cluster.scale(1)
+client = cluster.get_client()
+client.wait_for_workers(1, timeout=180)
+res["worker"] = list(client.run(fds).values())[0]
+res["scheduler"] = client.run_on_scheduler(fds)
+cluster.shutdown()
+""")
+    roots = set()
+    for path in (demo.folder / "state" / "logs" / "jupyterhub.log", demo.folder / "beamside-up.log"):
+        st = os.stat(path)
+        roots.add((st.st_dev, st.st_ino))
+    null = os.stat("/dev/null").st_rdev
+    for proc, fds in res.items():
+        if proc != "kernel":  # a kernel's stdin is its server's pipe
+            assert fds["0"][3] and fds["0"][2] == null, (proc, "stdin is not /dev/null")
+        for n in ("0", "1", "2"):
+            assert (fds[n][0], fds[n][1]) not in roots, (proc, n, "holds root's own log")
+            assert not fds[n][3] or fds[n][2] == null, (proc, n, "holds a terminal")
+    # the server's output went to its user's own log, made by root, readable by root alone
+    log = demo.folder / "state" / "logs" / "users" / "bs-alice.log"
+    assert log.exists() and log.stat().st_uid == 0 and stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+# -- 10. the sandbox's /etc ------------------------------------------------------------------------
+def test_sandbox_etc_names_no_other_user_and_holds_no_secrets(demo, alice):
+    res = outcome(alice, """
+import os
+res = {"passwd": open("/etc/passwd").read(), "group": open("/etc/group").read(),
+       "visible": [p for p in ("/etc/shadow", "/etc/ssh", "/etc/sudoers", "/etc/machine-id", "/etc/subuid")
+                   if os.path.exists(p)],
+       "user": __import__("getpass").getuser()}
+""")
+    assert res["user"] == "bs-alice"
+    assert "bs-bob" not in res["passwd"] + res["group"] and "bs-carol" not in res["passwd"]
+    assert res["visible"] == []
+
+
+def _up_fails(folder: Path, settings: dict, env: dict | None = None) -> str:
+    dep = Deployment(folder, settings)
+    run = subprocess.run([sys.executable, "-m", "analysis_lib.cli", "up", "--config", str(dep.config)],
+                         capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    assert run.returncode != 0, run.stdout
+    assert "JupyterHub is up" not in run.stdout
+    return run.stderr
+
+
+def _facility_catalog(folder: Path) -> Path:
+    data = folder / "data"
+    for bt in ("p1", "p12"):
+        (data / bt / "raw").mkdir(parents=True)
+    os.chmod(folder, 0o755)
+    for p in (data, data / "p1", data / "p12", data / "p1" / "raw", data / "p12" / "raw"):
+        os.chmod(p, 0o755)
+    catalog = folder / "catalog.yaml"
+    catalog.write_text(textwrap.dedent(f"""\
+        data_root: {data}
+        beamtimes:
+          - {{id: bt-1, title: shared, path: p1, members: [{{user: alice, role: pi}}, {{user: bob, role: member}}]}}
+          - {{id: bt-2, title: bob's, path: p12, members: [{{user: bob, role: pi}}]}}
+        """))
+    return catalog
+
+
+def test_settings_inside_a_sandbox_visible_path_are_refused():
+    venv_config = Path(sys.prefix) / f"beamside-test-{os.getpid()}.yaml"
+    dep = Deployment(_folder("beamside-vis-"), {})
+    venv_config.write_text(dep.config.read_text())
+    try:
+        run = subprocess.run([sys.executable, "-m", "analysis_lib.cli", "up", "--config", str(venv_config)],
+                             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    finally:
+        venv_config.unlink()
+    assert run.returncode != 0 and "every user's sandbox sees" in run.stderr, run.stderr
+
+
+# -- 3. isolation fails closed ---------------------------------------------------------------------
+def test_no_isolation_possible_means_no_start(tmp_path):
+    catalog = _facility_catalog(tmp_path / "facility")
+    no_bwrap = {**os.environ, "PATH": "/nonexistent"}  # bubblewrap cannot be found
+    for settings in ({"data": {"catalog": str(catalog)}}, {}):
+        err = _up_fails(tmp_path / f"d{len(settings)}", settings, env=no_bwrap)
+        assert "cannot isolate users here" in err and "bubblewrap" in err, err
+
+
+def test_unisolated_demo_is_refused_with_a_catalog_and_as_root(tmp_path):
+    catalog = _facility_catalog(tmp_path / "facility")
+    err = _up_fails(tmp_path / "a", {"data": {"catalog": str(catalog)}, "singleuser": {"isolation": "none"}})
+    assert "only for a demo" in err, err
+    err = _up_fails(tmp_path / "b", {"singleuser": {"isolation": "none"}})
+    assert "as root" in err, err
+
+
+# -- 4 and 7: a facility deployment: no demo users, revocation reaches running sessions ---------------
+@pytest.fixture(scope="module")
+def facility():
+    folder = _folder("beamside-fac-")
+    catalog = _facility_catalog(folder)
+    dep = Deployment(folder, {"data": {"catalog": str(catalog)}, "culler": {"enabled": False},
+                              "singleuser": {"access_check_every": 2}})
+    dep.catalog = catalog
+    dep.start()
+    yield dep
+    dep.stop()
+
+
+def test_a_facility_catalog_gets_no_demo_users_and_no_admin(facility):
+    assert facility.logins == {}
+    assert "password:" not in facility.output()
+    assert not Path(facility.runtime["paths"]["passwords_file"]).exists()
+    users = facility.hub.api("GET", "/users").json()
+    assert [u["name"] for u in users if u["admin"]] == []
+    assert not {"alice", "bob", "carol", "admin"} & {u["name"] for u in users}
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"{what} not seen within {timeout} s")
+
+
+def test_revoked_access_reaches_running_servers_and_clusters(facility):
+    facility.hub.spawn("bob")
+    facility.hub.spawn("alice")
+    bob = Kernel(facility.url, "bob", facility.hub.token("bob"))
+    alice = Kernel(facility.url, "alice", facility.hub.token("alice"))
+    data = json.loads(json.dumps(str(facility.catalog.parent / "data")))
+    try:
+        assert ok(bob, f"import os; print(sorted(os.listdir({data!r})))").strip() == "['p1', 'p12']"
+        cluster = ok(bob, """
+from dask_gateway import Gateway
+gw = Gateway()
+opts = gw.cluster_options(); opts.detached = True
+c = gw.new_cluster(opts, shutdown_on_close=False)
+print(c.name)
+""").strip()
+        # the user office ends bob's membership of bt-2 and renames bt-1
+        text = facility.catalog.read_text()
+        text = text.replace("- {id: bt-2, title: bob's, path: p12, members: [{user: bob, role: pi}]}",
+                            "- {id: bt-2, title: bob's, path: p12, members: [{user: carol, role: pi}]}")
+        text = text.replace("title: shared", "title: renamed")
+        tmp = facility.catalog.with_suffix(".new")
+        tmp.write_text(text)
+        os.replace(tmp, facility.catalog)
+
+        def bob_stopped():
+            return not facility.hub.api("GET", "/users/bob").json()["servers"]
+
+        _wait(bob_stopped, 60, "bob's server stopping")
+        # alice keeps her server, and her running sandbox reads the new catalog
+        _wait(lambda: "renamed" in ok(alice, "print(open(__import__('os').environ['BEAMSIDE_CATALOG']).read())"),
+              30, "the new catalog inside alice's sandbox")
+        token = facility.hub.token("bob", scopes=["access:services!service=dask-gateway"])
+        from dask_gateway import Gateway, JupyterHubAuth
+
+        proxy = f"gateway://127.0.0.1:{facility.runtime['settings']['dask']['scheduler_port']}"
+        with Gateway(f"{facility.url}/services/dask-gateway", proxy_address=proxy, auth=JupyterHubAuth(token)) as gw:
+            _wait(lambda: cluster not in {c.name for c in gw.list_clusters()}, 60, "bob's detached cluster stopping")
+        facility.hub.spawn("bob")
+        again = Kernel(facility.url, "bob", facility.hub.token("bob"))
+        try:
+            assert ok(again, f"import os; print(sorted(os.listdir({data!r})))").strip() == "['p1']"
+        finally:
+            again.close()
+    finally:
+        bob.close()
+        alice.close()
+
+
+def test_demo_logins_are_made_once(tmp_path, monkeypatch):
+    """In-process: the first prepare makes and returns passwords, a second shows none, and a deleted
+    demo user is not re-created."""
+    from beamside_hub import embedded
+
+    passwords = tmp_path / "passwords.yaml"
+    first = embedded._demo_logins(passwords)
+    assert set(first) == set(embedded.DEMO_USERS)
+    assert all(auth.check_password(first[u], auth.read_passwords(passwords)[u]) for u in first)
+    entries = auth.read_passwords(passwords)
+    del entries["admin"]
+    passwords.write_text(__import__("yaml").safe_dump(entries))
+    assert embedded._demo_logins(passwords) == {}
+    assert "admin" not in auth.read_passwords(passwords)
+
+
+def test_facility_deployment_needs_named_admins(tmp_path):
+    from beamside_hub.runtime import configure_hub
+    from traitlets.config import Config
+
+    runtime = {"settings": __import__("beamside_hub.settings", fromlist=["load"]).load(None), "demo": False,
+               "isolate": True,
+               "paths": {k: str(tmp_path) for k in ("state", "venv", "passwords_file", "catalog", "homes", "sandboxes",
+                                                     "audit_socket", "audit_log", "gateway_config", "gateway_dir")},
+               "secrets": {k: "x" for k in ("proxy_token", "gateway_token", "supervisor_token", "crypt_key")}}
+    runtime["paths"]["software"] = []
+    c = Config()
+    configure_hub(c, runtime, sys.executable)
+    assert c.Authenticator.admin_users == set()
+    runtime["demo"] = True
+    c = Config()
+    configure_hub(c, runtime, sys.executable)
+    assert c.Authenticator.admin_users == {"admin"}
