@@ -1,9 +1,9 @@
-"""Password logins under attack (security review, issue 17, finding 11).
+"""Password logins under attack (security review, issue 17, finding 11), and the OIDC allow-list.
 
 The authenticator is the real one, driven through ``authenticate`` the way
 JupyterHub's login handler calls it; only the request is a small stand-in
 (headers and the peer address). Work is compared by counting scrypt calls,
-never by timing.
+never by timing. The OIDC part checks settings and the hub's traitlets config.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from types import SimpleNamespace
 import pytest
 from tornado import web
 from tornado.httputil import HTTPHeaders
+from traitlets.config import Config
 
-from beamside_hub import auth
+from beamside_hub import auth, runtime, settings
 from beamside_hub.auth import LoginThrottle, PasswordFileAuthenticator, check_password, client_address, hash_password
 
 def request(peer="10.0.0.5", **headers):
@@ -197,3 +198,42 @@ def test_unknown_user_costs_the_same_scrypt_work_as_a_known_one(authenticator, s
     assert [c[:3] for c in scrypt_calls] == [c[:3] for c in known] == [(2**17, 8, 1)]
     # and the dummy hash admits nobody, whatever the password
     assert login(authenticator, "nobody", "") is None
+
+
+# -- (e) OIDC: an empty allow-list refuses ------------------------------------------------------
+OIDC = {"type": "oidc", "oidc": {"authorize_url": "https://idp/a", "token_url": "https://idp/t",
+                                  "userdata_url": "https://idp/u", "client_secret": "s"}}
+
+
+def test_oidc_settings_without_allowed_groups_refuse_to_load(tmp_path):
+    with pytest.raises(ValueError, match="auth.oidc.allowed_groups is empty.*auth.oidc.allow_all: true"):
+        settings.load(overrides={"auth": OIDC})
+    ok = settings.load(overrides={"auth": {**OIDC, "oidc": {**OIDC["oidc"], "allowed_groups": ["facility-users"]}}})
+    assert ok["auth"]["oidc"]["allow_all"] is False
+    everyone = settings.load(overrides={"auth": {**OIDC, "oidc": {**OIDC["oidc"], "allow_all": True}}})
+    assert everyone["auth"]["oidc"]["allow_all"] is True
+
+
+def _hub_config(oidc: dict, as_helm_renders_it: bool = False) -> Config:
+    s = settings.load(overrides={"auth": {**OIDC, "oidc": {**OIDC["oidc"], **oidc}}, "dask": {"enabled": False},
+                                 "culler": {"enabled": False}, "audit": {"enabled": False}})
+    if as_helm_renders_it:  # the chart renders runtime.json from its values, without settings.load()
+        s["auth"]["oidc"]["allowed_groups"] = []
+        del s["auth"]["oidc"]["allow_all"]
+    rt = {"settings": s, "isolate": False,
+          "paths": {"state": "/tmp/x", "venv": "/v", "passwords_file": "/p", "catalog": "/c", "homes": "/h",
+                    "sandboxes": "/s", "software": [], "audit_socket": "/a"},
+          "secrets": {"proxy_token": "t", "supervisor_token": "t", "crypt_key": "k" * 64}}
+    c = Config()
+    runtime.configure_hub(c, rt, python="python")
+    return c
+
+
+def test_oidc_hub_config_never_allows_all_implicitly(monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", "k" * 64)
+    g = _hub_config({"allowed_groups": ["facility-users"]}).GenericOAuthenticator
+    assert g.allowed_groups == {"facility-users"} and g.allow_all is False
+    assert _hub_config({"allow_all": True}).GenericOAuthenticator.allow_all is True
+    # an empty list that reaches the hub anyway admits nobody
+    g = _hub_config({"allowed_groups": ["x"]}, as_helm_renders_it=True).GenericOAuthenticator
+    assert g.allowed_groups == set() and g.allow_all is False
