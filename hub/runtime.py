@@ -112,10 +112,9 @@ def configure_hub(c, runtime: dict, python: str) -> None:
         g.oauth_callback_url = f"{public_url(runtime)}/hub/oauth_callback"
         g.manage_groups = True
         g.auth_state_groups_key = f"oauth_user.{oidc['groups_claim']}"
-        if oidc["allowed_groups"]:
-            g.allowed_groups = set(oidc["allowed_groups"])
-        else:
-            g.allow_all = True
+        # Never allow_all by default: an empty allow-list admits nobody (issue 17, finding 11).
+        g.allowed_groups = set(oidc["allowed_groups"])
+        g.allow_all = oidc.get("allow_all") is True  # the Helm chart's runtime has no such key
         if oidc["admin_groups"]:
             g.admin_groups = set(oidc["admin_groups"])
         c.Authenticator.enable_auth_state = True

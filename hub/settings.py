@@ -43,7 +43,10 @@ DEFAULTS: dict = {
             "scope": ["openid", "profile", "email"],
             "username_claim": "preferred_username",
             "groups_claim": "groups",
-            "allowed_groups": [],
+            "allowed_groups": [],  # who may log in; required: an empty list refuses to load (see allow_all)
+            # Admit everyone the provider authenticates (the whole federation, not only this facility's
+            # users). Only on purpose: an empty allowed_groups used to mean this (issue 17, finding 11).
+            "allow_all": False,
             "admin_groups": [],
             "login_service": "facility login",
         },
@@ -113,6 +116,12 @@ def load(path: str | os.PathLike | None = None, overrides: dict | None = None) -
         missing = [k for k in ("authorize_url", "token_url", "userdata_url", "client_secret") if not settings["auth"]["oidc"][k]]
         if missing:
             raise ValueError(f"auth.type is oidc but auth.oidc.{', auth.oidc.'.join(missing)} not set")
+        if not settings["auth"]["oidc"]["allowed_groups"] and settings["auth"]["oidc"]["allow_all"] is not True:
+            raise ValueError(
+                "auth.type is oidc but auth.oidc.allowed_groups is empty: nobody could log in. List the groups "
+                "(from the provider's groups claim) whose members may use the hub, or set auth.oidc.allow_all: true "
+                "to admit everyone the provider authenticates"
+            )
     if settings["singleuser"]["isolation"] not in ("auto", "bubblewrap", "none"):
         raise ValueError("singleuser.isolation must be 'auto', 'bubblewrap' or 'none'")
     return settings

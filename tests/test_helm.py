@@ -123,6 +123,9 @@ def test_hub_role_is_minimal():
         (["singleuser.uid=0"], "at '/singleuser/uid': minimum: got 0, want 1"),
         (["auth.type=ldap"], "at '/auth/type'"),
         (["auth.type=oidc"], "at '/auth/oidc/authorize_url': got null, want string"),
+        (["auth.type=oidc", "auth.oidc.authorize_url=https://idp/a", "auth.oidc.token_url=https://idp/t",
+          "auth.oidc.userdata_url=https://idp/u", "auth.oidc.existing_secret=s", "hub.public_url=https://hub.example.org"],
+         "at '/auth/oidc/allowed_groups': minItems: got 0, want 1"),  # an empty allow-list admits nobody, not all
         (["data.volume.type=nfs"], "at '/data/volume/nfs/server': minLength"),
         (["data.volume.type=hostPath", "data.volume.host_path=relative"], "at '/data/volume/host_path'"),
         (["singleuser.storage.type=pvc"], "additional properties 'storage' not allowed"),
