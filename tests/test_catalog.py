@@ -6,6 +6,7 @@ import datetime as dt
 import os
 
 import pytest
+import yaml
 
 import analysis_lib as al
 from analysis_lib.catalog import Catalog, load_catalog
@@ -32,10 +33,61 @@ def test_until_is_honoured(facility):
     cat = load_catalog(facility)
     bt1 = cat.beamtimes[0]
     assert not bt1.readable_by("dave")
-    assert bt1.readable_by("dave", today=dt.date(2020, 1, 31))  # the last day still counts
-    assert not bt1.readable_by("dave", today=dt.date(2020, 2, 1))
+    # a date: through that whole day, the facility's (local) day
+    assert bt1.readable_by("dave", now=dt.datetime(2020, 1, 31, 23, 59).astimezone())
+    assert not bt1.readable_by("dave", now=dt.datetime(2020, 2, 1, 0, 0).astimezone())
     with pytest.raises(al.AccessDenied, match="no longer"):
         al.resolve("bt-1/raw/scan.nxs", user="dave", catalog=facility)
+
+
+def one_member(until: str) -> Catalog:
+    """A catalog whose only beamtime has alice as a member ``until`` (YAML text, as an admin writes it)."""
+    return Catalog.from_dict(yaml.safe_load(f"""
+        data_root: /data
+        beamtimes:
+          - id: bt-7
+            members:
+              - {{user: alice, until: {until}}}
+        """))
+
+
+UTC = dt.timezone.utc
+
+
+@pytest.mark.parametrize("until, last_allowed", [
+    ("2027-01-31T12:00:00", dt.datetime(2027, 1, 31, 12, 0, tzinfo=UTC)),  # YAML datetime, naive: UTC
+    ("2027-01-31T12:00:00+02:00", dt.datetime(2027, 1, 31, 10, 0, tzinfo=UTC)),  # YAML datetime with a zone
+    ("'2027-01-31T12:00:00'", dt.datetime(2027, 1, 31, 12, 0, tzinfo=UTC)),  # an ISO string
+    ("'2027-01-31T12:00:00Z'", dt.datetime(2027, 1, 31, 12, 0, tzinfo=UTC)),
+])
+def test_until_an_instant(until, last_allowed):
+    bt = one_member(until).beamtimes[0]
+    assert bt.readable_by("alice", now=last_allowed)
+    assert not bt.readable_by("alice", now=last_allowed + dt.timedelta(seconds=1))
+    assert bt.readable_by("alice", now=last_allowed.astimezone(dt.timezone(dt.timedelta(hours=-5))))
+
+
+@pytest.mark.parametrize("until", ["2027-01-31", "'2027-01-31'"])
+def test_until_a_day_as_date_or_string(until):
+    bt = one_member(until).beamtimes[0]
+    assert bt.members[0].until == dt.date(2027, 1, 31)
+    assert bt.readable_by("alice", now=dt.datetime(2027, 1, 31, 23, 59, 59).astimezone())
+    assert not bt.readable_by("alice", now=dt.datetime(2027, 2, 1, 0, 0).astimezone())
+
+
+def test_until_an_instant_in_the_future_opens_files(facility):
+    """The datetime form works end to end (it used to raise TypeError and lock the member out)."""
+    text = facility.read_text().replace("- {user: alice, role: pi}", "- {user: alice, role: pi, until: 2999-01-31T12:00:00}")
+    facility.write_text(text)
+    root = load_catalog(facility).data_root
+    assert al.resolve("bt-1/raw/scan.nxs", user="alice", catalog=facility) == root / "p1/raw/scan.nxs"
+    assert ids(al.beamtimes("alice", catalog=facility)) == ["bt-1"]
+
+
+@pytest.mark.parametrize("until", ["20270131", "soon", "'31.01.2027'", "[2027, 1, 31]", "true"])
+def test_until_of_another_kind_is_a_catalog_error_naming_beamtime_and_member(until):
+    with pytest.raises(al.CatalogError, match=r"bt-7.*members\[0\] \(alice\).*'until' must be a date"):
+        one_member(until)
 
 
 def test_confidential_beamtime_is_invisible_to_others(facility):
