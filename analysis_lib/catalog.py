@@ -25,7 +25,8 @@ zone it is UTC), as YAML or as an ISO string.
 
 Paths are compared as real paths, component by component: symlinks are
 resolved first, ``..`` is refused outright, and ``/data/p1`` never matches
-``/data/p12``.
+``/data/p12``. No two beamtimes may share a folder, nor may one lie inside
+another's (``p1`` and ``p1/sub``): the catalog fails to load.
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class Catalog:
                 raise CatalogError(f"{where}: beamtime id {bt.id!r} appears twice")
             seen.add(bt.id)
             beamtimes.append(bt)
+        _refuse_shared_folders(beamtimes, where)
         return cls(Path(root), tuple(beamtimes), source)
 
     @classmethod
@@ -221,6 +223,30 @@ def _parse_beamtime(entry: object, root: Path, where: str) -> Beamtime:
         confidential=bool(entry.get("confidential", False)),
         members=tuple(members),
     )
+
+
+def _refuse_shared_folders(beamtimes: list[Beamtime], where: str) -> None:
+    """One folder, one beamtime: refuse two beamtimes on the same folder, or one inside another.
+
+    Access is "the real path lies in a folder of a beamtime the user reads", so
+    with ``p1`` and ``p1/sub`` every member of the first would read the second.
+    Real paths are compared by whole components (``p1`` never holds ``p12``).
+    Sorted by components, a folder is directly followed by the first folder
+    inside it, so comparing neighbours finds every case.
+    """
+    by_folder = sorted(((bt.real_path, bt) for bt in beamtimes), key=lambda pair: pair[0].parts)
+    for (outer_path, outer), (inner_path, inner) in zip(by_folder, by_folder[1:]):
+        if inner_path == outer_path:
+            raise CatalogError(
+                f"{where}: beamtimes {outer.id!r} and {inner.id!r} have the same folder {str(outer_path)!r}; "
+                "give each beamtime its own folder"
+            )
+        if inner_path.is_relative_to(outer_path):
+            raise CatalogError(
+                f"{where}: the folder of beamtime {inner.id!r} ({str(inner_path)!r}) lies inside that of beamtime "
+                f"{outer.id!r} ({str(outer_path)!r}), so members of {outer.id!r} would read {inner.id!r}; "
+                "give each beamtime its own folder, side by side"
+            )
 
 
 def _parse_until(value: object, where: str) -> _dt.date | _dt.datetime | None:

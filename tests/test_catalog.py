@@ -169,3 +169,35 @@ def test_catalog_changes_take_effect_without_restart(facility):
     text = facility.read_text().replace("{user: alice, role: pi}", "{user: erin, role: pi}")
     facility.write_text(text + "\n")
     assert ids(al.beamtimes("alice", catalog=str(facility))) == []
+
+
+def catalog_of_paths(tmp_path, *paths: str) -> dict:
+    return {"data_root": str(tmp_path), "beamtimes": [{"id": f"bt-{i}", "path": p} for i, p in enumerate(paths)]}
+
+
+@pytest.mark.parametrize("outer, inner", [("p1", "p1/sub"), ("p1/sub", "p1"), ("a", "a/b/c")])
+def test_a_beamtime_inside_another_is_refused(tmp_path, outer, inner):
+    doc = catalog_of_paths(tmp_path, "p12", outer, "p3", inner)
+    with pytest.raises(al.CatalogError, match="lies inside") as err:
+        Catalog.from_dict(doc)
+    ids_by_path = {outer: "bt-1", inner: "bt-3"}
+    assert f"beamtime {ids_by_path[inner]!r}" in str(err.value) and f"beamtime {ids_by_path[outer]!r}" in str(err.value)
+
+
+@pytest.mark.parametrize("second", ["p1", "p1/", "./p1"])
+def test_two_beamtimes_on_one_folder_are_refused(tmp_path, second):
+    doc = catalog_of_paths(tmp_path, "p1", "p2", second)
+    with pytest.raises(al.CatalogError, match="beamtimes 'bt-0' and 'bt-2' have the same folder"):
+        Catalog.from_dict(doc)
+
+
+def test_a_symlink_cannot_hide_a_nested_beamtime(tmp_path):
+    (tmp_path / "p1" / "sub").mkdir(parents=True)
+    os.symlink(tmp_path / "p1" / "sub", tmp_path / "p2")
+    with pytest.raises(al.CatalogError, match="'bt-1'.*lies inside.*'bt-0'"):
+        Catalog.from_dict(catalog_of_paths(tmp_path, "p1", "p2"))
+
+
+def test_side_by_side_folders_with_a_common_prefix_are_fine(tmp_path):
+    cat = Catalog.from_dict(catalog_of_paths(tmp_path, "p1", "p12", "p1x/sub", "p2/p1"))
+    assert ids(cat.beamtimes) == ["bt-0", "bt-1", "bt-2", "bt-3"]
