@@ -267,6 +267,7 @@ def _kube_gateway(c, runtime: dict) -> tuple[list[str], dict]:
         c.Proxy.api_token = secrets["gateway_proxy_token"]
     for cls in (c.KubeBackend, c.KubeController):
         cls.gateway_instance = k["gateway_instance"]
+    c.BeamsideKubeController.network_policy = k["network_policy"]
     c.KubeController.api_url = f"{a['gateway_api_url']}/api"
     kc = c.KubeClusterConfig
     kc.namespace = k["namespace"]

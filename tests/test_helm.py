@@ -250,6 +250,8 @@ def load_config(path: Path, deployed, monkeypatch, pod: str = "t-hub"):
 
     monkeypatch.setenv("BEAMSIDE_RUNTIME", str(deployed["runtime_files"][pod]))
     monkeypatch.setenv("KUBECONFIG", str(deployed["kubeconfig"]))
+    # kubernetes_asyncio reads KUBECONFIG once, when first imported (maybe before this test set it)
+    monkeypatch.setattr("kubernetes_asyncio.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(deployed["kubeconfig"]))
     return PyFileConfigLoader(path.name, str(path.parent)).load_config()
 
 
@@ -363,6 +365,86 @@ def test_gateway_config_builds_dask_pods_like_the_notebook_pod(deployed, monkeyp
         assert container["resources"]["limits"]["memory"]
         assert_hardened(pod["metadata"].get("name", "worker"), spec, user_pod=True)
         validate(pod)
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions) against a pod's labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        present = e["key"] in labels
+        if e["operator"] == "In" and not (present and labels[e["key"]] in e["values"]):
+            return False
+        if e["operator"] == "NotIn" and present and labels[e["key"]] in e["values"]:
+            return False
+        if e["operator"] == "Exists" and not present:
+            return False
+        if e["operator"] == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def connects(policies: list[dict], src: dict, dst: dict, port: int) -> bool:
+    """Whether NetworkPolicies (all in one namespace) let a pod labelled ``src`` open ``dst``:``port``.
+
+    The API's rules: a pod selected by no policy of a direction is open in it; else
+    some rule of a selecting policy must match the peer (podSelector; peers in other
+    namespaces never match here) and the port (no ports: all).
+    """
+    def allowed(direction: str, peers: str, me: dict, other: dict) -> bool:
+        mine = [p for p in policies if direction in p["spec"]["policyTypes"] and selects(p["spec"]["podSelector"], me)]
+        return not mine or any(
+            ("ports" not in rule or any(x["port"] == port for x in rule["ports"]))
+            and ("from" not in rule and "to" not in rule
+                 or any("namespaceSelector" not in peer and selects(peer["podSelector"], other)
+                        for peer in rule.get(peers, [])))
+            for p in mine for rule in p["spec"].get(direction.lower(), []))
+
+    return allowed("Egress", "to", src, dst) and allowed("Ingress", "from", dst, src)
+
+
+def test_dask_pods_reach_their_own_cluster_and_no_other_users(deployed, monkeypatch):
+    """Real pods and policies: the chart's, and those the controller makes for alice's and bob's clusters."""
+    from dask_gateway_server.models import User
+    from dask_gateway_server.utils import FrozenAttrDict
+
+    from beamside_hub.kube import BeamsideKubeBackend, BeamsideKubeController, cluster_network_policy
+
+    backend = BeamsideKubeBackend(config=load_config(REPO / "hub" / "dask_gateway_config.py", deployed, monkeypatch,
+                                                     pod="t-gateway-api"))
+    controller_cfg = load_config(REPO / "hub" / "dask_gateway_config.py", deployed, monkeypatch, pod="t-gateway-controller")
+    assert controller_cfg.BeamsideKubeController.network_policy is True
+    controller = BeamsideKubeController(config=controller_cfg)
+    docs = render(CHART / "examples" / "hostpath-lab.yaml")
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pods = {name: spec for name, spec in ((d["metadata"]["name"], d["spec"]["template"]["metadata"]["labels"])
+                                          for d in docs if d["kind"] == "Deployment")}
+    for user in ("alice", "bob"):
+        options, config = asyncio.run(backend.process_cluster_options(User(user, set(), False), {}))
+        cluster = json.loads(json.dumps(backend.make_cluster_object(user, options, config)))
+        cluster["metadata"].update(namespace=NAMESPACE, uid=f"uid-of-{user}s-cluster")  # as the API server fills in
+        policy = cluster_network_policy(cluster, controller.gateway_instance)
+        validate(policy)
+        assert policy["metadata"]["ownerReferences"][0]["uid"] == f"uid-of-{user}s-cluster"
+        policies.append(policy)
+        spec = FrozenAttrDict(cluster["spec"]["config"])
+        name = cluster["metadata"]["name"]
+        pods[f"{user}-scheduler"] = controller.make_pod(NAMESPACE, name, spec)["metadata"]["labels"]
+        pods[f"{user}-worker"] = controller.make_pod(NAMESPACE, name, spec, is_worker=True)["metadata"]["labels"]
+    pods["alice-notebook"] = notebook_pod(load_config(REPO / "hub" / "jupyterhub_config.py", deployed, monkeypatch),
+                                          "alice")["metadata"]["labels"]
+
+    def ok(src, dst, port):
+        return connects(policies, pods[src], pods[dst], port)
+
+    for user in ("alice", "bob"):
+        assert ok(f"{user}-worker", f"{user}-scheduler", 8786) and ok(f"{user}-scheduler", f"{user}-worker", 40123)
+        assert ok("t-gateway", f"{user}-scheduler", 8786) and ok("t-gateway", f"{user}-scheduler", 8787)
+        assert ok("t-gateway-api", f"{user}-scheduler", 8788) and ok(f"{user}-scheduler", "t-gateway-api", 8000)
+    for src, dst in (("alice-worker", "bob-scheduler"), ("alice-worker", "bob-worker"), ("bob-scheduler", "alice-worker"),
+                     ("alice-notebook", "bob-scheduler"), ("alice-notebook", "alice-worker")):
+        for port in (8786, 8787, 8788, 40123):
+            assert not ok(src, dst, port), (src, dst, port)
 
 
 def test_every_value_is_documented():
