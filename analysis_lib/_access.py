@@ -10,7 +10,7 @@ from .catalog import Beamtime, Catalog, current_user, load_catalog
 
 
 def beamtimes(user: str | None = None, *, catalog: Catalog | str | None = None) -> list[Beamtime]:
-    """The beamtimes the current user (or ``user``) may read today."""
+    """The beamtimes the current user (or ``user``) may read now."""
     return load_catalog(catalog).readable(current_user(user))
 
 

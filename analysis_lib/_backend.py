@@ -59,6 +59,7 @@ def _guards() -> dict:
     return {
         "timeout": float(_config.get("probe.timeout")),
         "memory_bytes": _config.get_bytes("probe.memory"),
+        "output_bytes": _config.get_bytes("probe.output"),
         "limits": {k: _config.get_bytes(f"limits.{k}") for k in ("dataset-bytes", "chunk-bytes", "attribute-bytes")},
     }
 

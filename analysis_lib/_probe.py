@@ -4,11 +4,13 @@ HDF5 upstream says the library is not built to read malicious files safely:
 mutated files have made it loop forever holding the GIL, allocate hundreds of
 MB for one element, or crash. So the caller never parses a file's metadata
 itself. ``describe()`` runs this module as a child process with a time limit
-and an address-space limit; the child walks the NeXus structure, follows links
+and an address-space limit, and reads back at most ``beamside.probe.output``
+bytes of its answer; the child walks the NeXus structure, follows links
 *itself* (HDF5 never follows an external link here), checks every place a read
 could lead against the user's :class:`~analysis_lib._access.Boundary`, records
 where each chunk's bytes are, and prints a JSON :class:`FileDescription`.
-A hang, crash or memory blow-up becomes a :class:`ProbeFailedError`.
+A hang, crash or memory blow-up becomes a :class:`ProbeFailedError`, an
+answer too long to hold a :class:`TooLargeError`.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import selectors
 import subprocess
 import sys
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
+
+from dask.utils import format_bytes
 
 from . import _errors
 from ._access import Boundary
@@ -82,6 +88,7 @@ def describe(
     dataset: str | None = None,
     timeout: float,
     memory_bytes: int,
+    output_bytes: int,
     limits: dict,
 ) -> FileDescription:
     """Describe ``path`` (its NeXus default signal, or ``dataset``) from a guarded child process."""
@@ -102,7 +109,7 @@ def describe(
         "memory_bytes": memory_bytes,
         "limits": limits,
     }
-    doc = _run_child(request, timeout, dataset or signal)
+    doc = _run_child(request, timeout, dataset or signal, output_bytes)
     description = FileDescription.from_json_dict(doc)
     with _cache_lock:
         _cache[key] = description
@@ -111,25 +118,35 @@ def describe(
     return description
 
 
-def tree(path: str | os.PathLike, boundary: Boundary, *, timeout: float, memory_bytes: int, limits: dict) -> list[dict]:
+def tree(
+    path: str | os.PathLike, boundary: Boundary, *, timeout: float, memory_bytes: int, output_bytes: int, limits: dict
+) -> list[dict]:
     """Every object of the file (links shown, never followed), from the guarded child."""
     path = os.path.realpath(path)
     check_signature(path)
     request = {"mode": "tree", "path": path, "roots": [str(r) for r in boundary.roots],
                "memory_bytes": memory_bytes, "limits": limits}
-    return _run_child(request, timeout, None)["tree"]
+    return _run_child(request, timeout, None, output_bytes)["tree"]
 
 
-def _run_child(request: dict, timeout: float, dataset: str | None) -> dict:
+def _run_child(request: dict, timeout: float, dataset: str | None, output_bytes: int) -> dict:
+    """Run the probe on ``request``; its answer may be at most ``output_bytes`` long.
+
+    The answer is read in pieces and the child is killed as soon as it says
+    more than that: a file with millions of chunks would otherwise make the
+    caller (the user's kernel) hold its whole chunk index several times over
+    (the pipe's bytes, the JSON text, the decoded arrays).
+    """
     path = request["path"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "analysis_lib._probe"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "analysis_lib._probe"],
-            input=json.dumps(request).encode(),
-            capture_output=True,
-            timeout=timeout,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
+        stdout, stderr = _read_bounded(proc, json.dumps(request).encode(), timeout, output_bytes)
     except subprocess.TimeoutExpired:
         raise ProbeFailedError(
             f"inspecting the file did not finish within {timeout:g} s (the HDF5 library hung on it); "
@@ -137,19 +154,74 @@ def _run_child(request: dict, timeout: float, dataset: str | None) -> dict:
             file=path,
             dataset=dataset,
         ) from None
+    except _OutputTooLarge:
+        raise TooLargeError(
+            f"its description (where each chunk lies) is larger than beamside.probe.output "
+            f"({format_bytes(output_bytes)}): a dataset with millions of chunks? Raise beamside.probe.output "
+            "if the file is genuine (each chunk costs about 60 bytes)",
+            file=path,
+            dataset=dataset,
+        ) from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            pipe.close()
     if proc.returncode != 0:
         how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
-        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise ProbeFailedError(
             f"the HDF5 library crashed while inspecting the file ({how}); the file is probably corrupt. "
             + " | ".join(tail),
             file=path,
             dataset=dataset,
         )
-    doc = json.loads(proc.stdout)
+    doc = json.loads(stdout)
     if "error" in doc:
         raise _error_from_child(doc["error"])
     return doc
+
+
+class _OutputTooLarge(Exception):
+    """The child said more than the caller agreed to read."""
+
+
+_STDERR_TAIL = 64 * 1024  # only the end of an HDF5 error stack is worth showing
+
+
+def _read_bounded(proc: subprocess.Popen, request: bytes, timeout: float, limit: int) -> tuple[bytes, bytes]:
+    """``proc.communicate(request, timeout)``, but stdout may hold at most ``limit`` bytes.
+
+    Raises ``subprocess.TimeoutExpired`` or ``_OutputTooLarge``; the caller kills the child.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        proc.stdin.write(request)  # small; the child reads all of it before it writes anything
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # the child died at once: its exit code tells why
+    out, err = bytearray(), bytearray()
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, out)
+        sel.register(proc.stderr, selectors.EVENT_READ, err)
+        while sel.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise subprocess.TimeoutExpired(proc.args, timeout)
+            for key, _ in sel.select(remaining):
+                piece = os.read(key.fd, 1 << 16)
+                if not piece:
+                    sel.unregister(key.fileobj)
+                elif key.data is out:
+                    out += piece
+                    if len(out) > limit:
+                        raise _OutputTooLarge()
+                else:
+                    err += piece
+                    del err[:-_STDERR_TAIL]
+    proc.wait(max(deadline - time.monotonic(), 0))
+    return bytes(out), bytes(err)
 
 
 def _error_from_child(err: dict) -> Exception:

@@ -17,10 +17,16 @@ Shape (admins write it by hand; keep it backward compatible)::
         members:
           - {user: alice, role: pi}
           - {user: carol, role: member, until: 2027-01-31}
+          - {user: dan, role: member, until: 2027-01-31T12:00:00}
+
+``until`` is a date (access through that whole day, in the facility's time
+zone: the server's) or a date and time (access until that instant; without a
+zone it is UTC), as YAML or as an ISO string.
 
 Paths are compared as real paths, component by component: symlinks are
 resolved first, ``..`` is refused outright, and ``/data/p1`` never matches
-``/data/p12``.
+``/data/p12``. No two beamtimes may share a folder, nor may one lie inside
+another's (``p1`` and ``p1/sub``): the catalog fails to load.
 """
 
 from __future__ import annotations
@@ -43,14 +49,24 @@ CATALOG_ENV = "BEAMSIDE_CATALOG"
 
 @dataclass(frozen=True)
 class Member:
-    """One user's membership of a beamtime; ``until`` is the last day of access."""
+    """One user's membership of a beamtime, until a day (inclusive) or an instant, if at all.
+
+    ``until`` is a :class:`datetime.date` (the last day of access) or a
+    timezone-aware :class:`datetime.datetime` (the last instant), as
+    :func:`_parse_until` makes them.
+    """
 
     user: str
     role: str = "member"
-    until: _dt.date | None = None
+    until: _dt.date | _dt.datetime | None = None
 
-    def active(self, today: _dt.date) -> bool:
-        return self.until is None or today <= self.until
+    def active(self, now: _dt.datetime) -> bool:
+        """Whether the membership holds at ``now`` (timezone-aware)."""
+        if self.until is None:
+            return True
+        if isinstance(self.until, _dt.datetime):  # a datetime is a date too: ask this first
+            return now <= self.until
+        return now.astimezone().date() <= self.until
 
 
 @dataclass(frozen=True)
@@ -68,9 +84,9 @@ class Beamtime:
         """The folder with symlinks resolved: what access checks compare against."""
         return Path(os.path.realpath(self.path))
 
-    def readable_by(self, user: str, today: _dt.date | None = None) -> bool:
-        today = today or _dt.date.today()
-        return any(m.user == user and m.active(today) for m in self.members)
+    def readable_by(self, user: str, now: _dt.datetime | None = None) -> bool:
+        now = now or _dt.datetime.now(_dt.timezone.utc)
+        return any(m.user == user and m.active(now) for m in self.members)
 
     def role_of(self, user: str) -> str | None:
         return next((m.role for m in self.members if m.user == user), None)
@@ -104,6 +120,7 @@ class Catalog:
                 raise CatalogError(f"{where}: beamtime id {bt.id!r} appears twice")
             seen.add(bt.id)
             beamtimes.append(bt)
+        _refuse_shared_folders(beamtimes, where)
         return cls(Path(root), tuple(beamtimes), source)
 
     @classmethod
@@ -126,9 +143,9 @@ class Catalog:
         return cls.from_dict(doc, path)
 
     # -- questions -------------------------------------------------------------
-    def readable(self, user: str, today: _dt.date | None = None) -> list[Beamtime]:
-        """The beamtimes ``user`` may read today, in catalog order."""
-        return [bt for bt in self.beamtimes if bt.readable_by(user, today)]
+    def readable(self, user: str, now: _dt.datetime | None = None) -> list[Beamtime]:
+        """The beamtimes ``user`` may read now (or at ``now``), in catalog order."""
+        return [bt for bt in self.beamtimes if bt.readable_by(user, now)]
 
     def find(self, beamtime_id: str, user: str) -> Beamtime:
         """The beamtime ``beamtime_id`` if ``user`` may read it, else ``AccessDenied``.
@@ -197,7 +214,8 @@ def _parse_beamtime(entry: object, root: Path, where: str) -> Beamtime:
     for j, m in enumerate(entry.get("members") or []):
         if not isinstance(m, dict) or not isinstance(m.get("user"), str):
             raise CatalogError(f"{where} ({bt_id}), members[{j}]: expected {{user: NAME, role: ROLE}}")
-        members.append(Member(m["user"], str(m.get("role", "member")), _parse_date(m.get("until"), where)))
+        who = f"{where} ({bt_id}), members[{j}] ({m['user']})"
+        members.append(Member(m["user"], str(m.get("role", "member")), _parse_until(m.get("until"), who)))
     return Beamtime(
         id=bt_id,
         title=str(entry.get("title", "")),
@@ -207,13 +225,55 @@ def _parse_beamtime(entry: object, root: Path, where: str) -> Beamtime:
     )
 
 
-def _parse_date(value: object, where: str) -> _dt.date | None:
-    if value is None or isinstance(value, _dt.date):
+def _refuse_shared_folders(beamtimes: list[Beamtime], where: str) -> None:
+    """One folder, one beamtime: refuse two beamtimes on the same folder, or one inside another.
+
+    Access is "the real path lies in a folder of a beamtime the user reads", so
+    with ``p1`` and ``p1/sub`` every member of the first would read the second.
+    Real paths are compared by whole components (``p1`` never holds ``p12``).
+    Sorted by components, a folder is directly followed by the first folder
+    inside it, so comparing neighbours finds every case.
+    """
+    by_folder = sorted(((bt.real_path, bt) for bt in beamtimes), key=lambda pair: pair[0].parts)
+    for (outer_path, outer), (inner_path, inner) in zip(by_folder, by_folder[1:]):
+        if inner_path == outer_path:
+            raise CatalogError(
+                f"{where}: beamtimes {outer.id!r} and {inner.id!r} have the same folder {str(outer_path)!r}; "
+                "give each beamtime its own folder"
+            )
+        if inner_path.is_relative_to(outer_path):
+            raise CatalogError(
+                f"{where}: the folder of beamtime {inner.id!r} ({str(inner_path)!r}) lies inside that of beamtime "
+                f"{outer.id!r} ({str(outer_path)!r}), so members of {outer.id!r} would read {inner.id!r}; "
+                "give each beamtime its own folder, side by side"
+            )
+
+
+def _parse_until(value: object, where: str) -> _dt.date | _dt.datetime | None:
+    """A member's ``until``: a date, or a datetime made timezone-aware (naive is UTC).
+
+    YAML gives a ``date`` for ``2027-01-31`` and a ``datetime`` for
+    ``2027-01-31T12:00:00``; quoted, both arrive as strings.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = _dt.date.fromisoformat(text)
+        except ValueError:
+            try:
+                value = _dt.datetime.fromisoformat(text)
+            except ValueError:
+                value = text
+    if value is None:
+        return None
+    if isinstance(value, _dt.datetime):
+        return value.replace(tzinfo=_dt.timezone.utc) if value.tzinfo is None else value.astimezone(_dt.timezone.utc)
+    if isinstance(value, _dt.date):
         return value
-    try:
-        return _dt.date.fromisoformat(str(value))
-    except ValueError:
-        raise CatalogError(f"{where}: 'until' must be a date like 2027-01-31, got {value!r}") from None
+    raise CatalogError(
+        f"{where}: 'until' must be a date like 2027-01-31 or a date and time like 2027-01-31T12:00:00 "
+        f"(UTC unless it names a zone), got {value!r}"
+    )
 
 
 def current_user(user: str | None = None) -> str:

@@ -12,6 +12,11 @@ dask-gateway's Kubernetes backend normally routes clusters through traefik
 (IngressRoute objects). Here the gateway's own proxy (``dask-gateway-server
 proxy``, no third-party CRDs) does it: the API server publishes a route per
 running cluster, exactly as dask-gateway's local backend does.
+
+A NetworkPolicy cannot say "pods with the same label value as mine", so the
+chart's static policy lets Dask pods reach only the gateway and DNS, and the
+controller adds one policy per cluster (:func:`cluster_network_policy`) that
+opens the cluster's pods to each other - and to nobody else's.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ from dataclasses import dataclass, field
 import yaml
 from dask_gateway_server.backends.kubernetes.backend import KubeBackend
 from dask_gateway_server.backends.kubernetes.controller import KubeController
+from dask_gateway_server.backends.kubernetes.utils import RateLimitedClient
+from kubernetes_asyncio import client as kube_client
+from kubernetes_asyncio.client.rest import ApiException
 from dask_gateway_server.proxy import Proxy
 from kubespawner import KubeSpawner
 from kubespawner.slugs import safe_slug
-from traitlets import Dict, Unicode
+from traitlets import Bool, Dict, Unicode
 
 from analysis_lib.catalog import Catalog, load_catalog
 
@@ -197,8 +205,65 @@ class BeamsideKubeBackend(KubeBackend):
             self.routed.discard(cluster_name)
 
 
+def cluster_network_policy(cluster: dict, gateway_instance: str) -> dict:
+    """The NetworkPolicy letting one Dask cluster's scheduler and workers reach each other, on any port.
+
+    Selected by the labels dask-gateway's controller puts on every pod of the
+    cluster (``gateway.dask.org/instance`` and ``/cluster``); NetworkPolicies
+    add up, so with the chart's static policy (the gateway and DNS only) a
+    cluster's pods talk to their own cluster and never to another user's.
+    Owned by the DaskCluster object: Kubernetes deletes it with the cluster.
+    """
+    meta = cluster["metadata"]
+    own = {"gateway.dask.org/instance": gateway_instance, "gateway.dask.org/cluster": meta["name"]}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": f"dask-{meta['name']}",
+            "labels": {**own, "app.kubernetes.io/component": "dask-network-policy"},
+            "ownerReferences": [{"apiVersion": cluster["apiVersion"], "kind": cluster["kind"],
+                                 "name": meta["name"], "uid": meta["uid"]}],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": own},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": own}}]}],
+            "egress": [{"to": [{"podSelector": {"matchLabels": own}}]}],
+        },
+    }
+
+
 class BeamsideKubeController(KubeController):
-    """KubeController without traefik objects: routes are the API server's job (see BeamsideKubeBackend)."""
+    """KubeController without traefik objects, and with a NetworkPolicy per cluster.
+
+    Routes are the API server's job (see BeamsideKubeBackend).
+    """
+
+    network_policy = Bool(
+        False,
+        config=True,
+        help="""Create a NetworkPolicy per cluster letting its pods reach each other (the chart's
+        network_policy.enabled). Needed when the chart's policies are on: they let Dask pods reach
+        the gateway and DNS only; without them a cluster's workers could not reach its scheduler.""",
+    )
+
+    async def setup(self):
+        await super().setup()
+        self.networking_client = RateLimitedClient(
+            kube_client.NetworkingV1Api(api_client=self.api_client), self.rate_limiter
+        )
+
+    async def create_secret_if_not_exists(self, cluster):
+        """The cluster's first object: its NetworkPolicy goes first, before any of its pods exists."""
+        if self.network_policy:
+            policy = cluster_network_policy(cluster, self.gateway_instance)
+            try:
+                await self.networking_client.create_namespaced_network_policy(cluster["metadata"]["namespace"], policy)
+            except ApiException as exc:
+                if exc.status != 409:  # already there: an earlier attempt got this far
+                    raise
+        return await super().create_secret_if_not_exists(cluster)
 
     async def create_ingressroute_if_not_exists(self, cluster, sched_pod):
         return "gateway-proxy"

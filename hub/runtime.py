@@ -21,11 +21,17 @@ GATEWAY_SCOPE = "access:services!service=dask-gateway"
 
 
 def load_runtime(path: str) -> dict:
-    """The runtime file; on Kubernetes its secrets are the files of a mounted Secret, never in the file."""
+    """The runtime file; on Kubernetes its secrets are the files of a mounted Secret, never in the file.
+
+    Each pod gets only the keys its process uses (the chart's ``beamside.secretKeys``); the
+    gateway's controller uses none, and has no secrets folder at all.
+    """
     with open(path) as f:
         runtime = json.load(f)
     folder = runtime.get("secrets_dir")
-    if folder:
+    if folder and not os.path.isdir(folder):
+        runtime["secrets"] = {}
+    elif folder:
         runtime["secrets"] = {name: open(os.path.join(folder, name)).read().strip()
                               for name in os.listdir(folder) if not name.startswith(".")}
         if "oidc_client_secret" in runtime["secrets"]:
@@ -252,13 +258,19 @@ def _kube_gateway(c, runtime: dict) -> tuple[list[str], dict]:
     dask = s["dask"]
     c.DaskGateway.address = ":8000"
     c.DaskGateway.backend_class = "beamside_hub.kube.BeamsideKubeBackend"
-    c.JupyterHubAuthenticator.jupyterhub_api_token = runtime["secrets"]["gateway_token"]
+    # Three pods read this config, each holding only its own tokens: the API server both,
+    # the proxy gateway_proxy_token, the controller none.
+    secrets = runtime["secrets"]
+    if "gateway_token" in secrets:
+        c.JupyterHubAuthenticator.jupyterhub_api_token = secrets["gateway_token"]
     c.Proxy.address = ":8000"
     c.Proxy.tcp_address = ":8786"
     c.Proxy.gateway_url = a["gateway_api_url"]
-    c.Proxy.api_token = runtime["secrets"]["gateway_proxy_token"]
+    if "gateway_proxy_token" in secrets:
+        c.Proxy.api_token = secrets["gateway_proxy_token"]
     for cls in (c.KubeBackend, c.KubeController):
         cls.gateway_instance = k["gateway_instance"]
+    c.BeamsideKubeController.network_policy = k["network_policy"]
     c.KubeController.api_url = f"{a['gateway_api_url']}/api"
     kc = c.KubeClusterConfig
     kc.namespace = k["namespace"]

@@ -202,6 +202,18 @@ def test_a_crashing_inspection_is_reported_not_fatal(scan):
     assert al.open(scan)["data"].shape == FRAMES.shape  # and the caller carries on
 
 
+def test_a_description_too_long_to_hold_is_refused(tmp_path):
+    """100 000 one-byte chunks make a 4 MB chunk index: over a 1 MiB probe.output, the child is stopped."""
+    path = tmp_path / "many_chunks.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("frames", data=np.zeros(100_000, np.uint8), chunks=(1,))
+    with dask.config.set({"beamside.probe.output": "1MiB"}):
+        with pytest.raises(al.TooLargeError, match=r"beamside\.probe\.output \(1\.00 MiB\)") as err:
+            describe_file(path, dataset="/frames")
+    assert err.value.file == str(path) and err.value.dataset == "/frames"
+    assert describe_file(path, dataset="/frames").variables[0].stored.index.addr.size == 100_000  # the default holds it
+
+
 def test_errors_travel_from_dask_workers_intact(scan):
     err = al.CorruptChunkError("bad", file="/f.nxs", dataset="/d")
     import pickle

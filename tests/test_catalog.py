@@ -6,6 +6,7 @@ import datetime as dt
 import os
 
 import pytest
+import yaml
 
 import analysis_lib as al
 from analysis_lib.catalog import Catalog, load_catalog
@@ -32,10 +33,61 @@ def test_until_is_honoured(facility):
     cat = load_catalog(facility)
     bt1 = cat.beamtimes[0]
     assert not bt1.readable_by("dave")
-    assert bt1.readable_by("dave", today=dt.date(2020, 1, 31))  # the last day still counts
-    assert not bt1.readable_by("dave", today=dt.date(2020, 2, 1))
+    # a date: through that whole day, the facility's (local) day
+    assert bt1.readable_by("dave", now=dt.datetime(2020, 1, 31, 23, 59).astimezone())
+    assert not bt1.readable_by("dave", now=dt.datetime(2020, 2, 1, 0, 0).astimezone())
     with pytest.raises(al.AccessDenied, match="no longer"):
         al.resolve("bt-1/raw/scan.nxs", user="dave", catalog=facility)
+
+
+def one_member(until: str) -> Catalog:
+    """A catalog whose only beamtime has alice as a member ``until`` (YAML text, as an admin writes it)."""
+    return Catalog.from_dict(yaml.safe_load(f"""
+        data_root: /data
+        beamtimes:
+          - id: bt-7
+            members:
+              - {{user: alice, until: {until}}}
+        """))
+
+
+UTC = dt.timezone.utc
+
+
+@pytest.mark.parametrize("until, last_allowed", [
+    ("2027-01-31T12:00:00", dt.datetime(2027, 1, 31, 12, 0, tzinfo=UTC)),  # YAML datetime, naive: UTC
+    ("2027-01-31T12:00:00+02:00", dt.datetime(2027, 1, 31, 10, 0, tzinfo=UTC)),  # YAML datetime with a zone
+    ("'2027-01-31T12:00:00'", dt.datetime(2027, 1, 31, 12, 0, tzinfo=UTC)),  # an ISO string
+    ("'2027-01-31T12:00:00Z'", dt.datetime(2027, 1, 31, 12, 0, tzinfo=UTC)),
+])
+def test_until_an_instant(until, last_allowed):
+    bt = one_member(until).beamtimes[0]
+    assert bt.readable_by("alice", now=last_allowed)
+    assert not bt.readable_by("alice", now=last_allowed + dt.timedelta(seconds=1))
+    assert bt.readable_by("alice", now=last_allowed.astimezone(dt.timezone(dt.timedelta(hours=-5))))
+
+
+@pytest.mark.parametrize("until", ["2027-01-31", "'2027-01-31'"])
+def test_until_a_day_as_date_or_string(until):
+    bt = one_member(until).beamtimes[0]
+    assert bt.members[0].until == dt.date(2027, 1, 31)
+    assert bt.readable_by("alice", now=dt.datetime(2027, 1, 31, 23, 59, 59).astimezone())
+    assert not bt.readable_by("alice", now=dt.datetime(2027, 2, 1, 0, 0).astimezone())
+
+
+def test_until_an_instant_in_the_future_opens_files(facility):
+    """The datetime form works end to end (it used to raise TypeError and lock the member out)."""
+    text = facility.read_text().replace("- {user: alice, role: pi}", "- {user: alice, role: pi, until: 2999-01-31T12:00:00}")
+    facility.write_text(text)
+    root = load_catalog(facility).data_root
+    assert al.resolve("bt-1/raw/scan.nxs", user="alice", catalog=facility) == root / "p1/raw/scan.nxs"
+    assert ids(al.beamtimes("alice", catalog=facility)) == ["bt-1"]
+
+
+@pytest.mark.parametrize("until", ["20270131", "soon", "'31.01.2027'", "[2027, 1, 31]", "true"])
+def test_until_of_another_kind_is_a_catalog_error_naming_beamtime_and_member(until):
+    with pytest.raises(al.CatalogError, match=r"bt-7.*members\[0\] \(alice\).*'until' must be a date"):
+        one_member(until)
 
 
 def test_confidential_beamtime_is_invisible_to_others(facility):
@@ -117,3 +169,35 @@ def test_catalog_changes_take_effect_without_restart(facility):
     text = facility.read_text().replace("{user: alice, role: pi}", "{user: erin, role: pi}")
     facility.write_text(text + "\n")
     assert ids(al.beamtimes("alice", catalog=str(facility))) == []
+
+
+def catalog_of_paths(tmp_path, *paths: str) -> dict:
+    return {"data_root": str(tmp_path), "beamtimes": [{"id": f"bt-{i}", "path": p} for i, p in enumerate(paths)]}
+
+
+@pytest.mark.parametrize("outer, inner", [("p1", "p1/sub"), ("p1/sub", "p1"), ("a", "a/b/c")])
+def test_a_beamtime_inside_another_is_refused(tmp_path, outer, inner):
+    doc = catalog_of_paths(tmp_path, "p12", outer, "p3", inner)
+    with pytest.raises(al.CatalogError, match="lies inside") as err:
+        Catalog.from_dict(doc)
+    ids_by_path = {outer: "bt-1", inner: "bt-3"}
+    assert f"beamtime {ids_by_path[inner]!r}" in str(err.value) and f"beamtime {ids_by_path[outer]!r}" in str(err.value)
+
+
+@pytest.mark.parametrize("second", ["p1", "p1/", "./p1"])
+def test_two_beamtimes_on_one_folder_are_refused(tmp_path, second):
+    doc = catalog_of_paths(tmp_path, "p1", "p2", second)
+    with pytest.raises(al.CatalogError, match="beamtimes 'bt-0' and 'bt-2' have the same folder"):
+        Catalog.from_dict(doc)
+
+
+def test_a_symlink_cannot_hide_a_nested_beamtime(tmp_path):
+    (tmp_path / "p1" / "sub").mkdir(parents=True)
+    os.symlink(tmp_path / "p1" / "sub", tmp_path / "p2")
+    with pytest.raises(al.CatalogError, match="'bt-1'.*lies inside.*'bt-0'"):
+        Catalog.from_dict(catalog_of_paths(tmp_path, "p1", "p2"))
+
+
+def test_side_by_side_folders_with_a_common_prefix_are_fine(tmp_path):
+    cat = Catalog.from_dict(catalog_of_paths(tmp_path, "p1", "p12", "p1x/sub", "p2/p1"))
+    assert ids(cat.beamtimes) == ["bt-0", "bt-1", "bt-2", "bt-3"]

@@ -144,31 +144,99 @@ def test_schema_rejects_bad_values(sets, message):
 
 # -- the real thing: the rendered hub config builds the pods ----------------------------
 
+def secret_keys_seen(spec: dict, secret: str, all_keys: set[str]) -> set[str]:
+    """The keys of Secret ``secret`` a pod can read: volumes (plain or projected, whole or by items) and env."""
+    seen: set[str] = set()
+
+    def source(name: str, items) -> None:
+        if name == secret:
+            seen.update({i["key"] for i in items} if items else all_keys)
+
+    for volume in spec.get("volumes", []):
+        if "secret" in volume:
+            source(volume["secret"]["secretName"], volume["secret"].get("items"))
+        for projected in volume.get("projected", {}).get("sources", []):
+            if "secret" in projected:
+                source(projected["secret"]["name"], projected["secret"].get("items"))
+    for container in spec["containers"] + spec.get("initContainers", []):
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                source(ref["name"], [ref])
+        for env_from in container.get("envFrom", []):
+            if "secretRef" in env_from:
+                source(env_from["secretRef"]["name"], None)
+    return seen
+
+
+HUB_KEYS = {"proxy_token", "gateway_token", "gateway_proxy_token", "supervisor_token", "crypt_key", "cookie_secret"}
+KEYS_PER_POD = {  # what each process uses (beamside_hub.runtime), and nothing more
+    "t-hub": {"proxy_token", "gateway_token", "supervisor_token", "crypt_key", "cookie_secret"},
+    "t-proxy": {"proxy_token"},
+    "t-gateway-api": {"gateway_token", "gateway_proxy_token"},  # checks users' tokens at the hub; serves the proxy its routes
+    "t-gateway": {"gateway_proxy_token"},  # the gateway's proxy: asks the API server for routes
+    "t-gateway-controller": set(),  # talks to the Kubernetes API only
+}
+
+
+def test_each_pod_sees_only_the_secret_keys_it_uses():
+    docs = render(CHART / "examples" / "oidc.yaml")
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "t-hub")
+    assert set(secret["data"]) == HUB_KEYS
+    seen = {name: secret_keys_seen(spec, "t-hub", HUB_KEYS) for name, spec in pod_templates(docs)}
+    assert seen == KEYS_PER_POD
+    oidc = {name for name, spec in pod_templates(docs) if secret_keys_seen(spec, "beamside-oidc", {"client-secret"})}
+    assert oidc == {"t-hub"}  # the login's client secret too
+
+
+def test_generated_secrets_are_kept_and_an_admin_managed_one_replaces_them():
+    """helm install: generated once (lookup keeps them on upgrade), kept on uninstall. GitOps: the admin's Secret."""
+    generated = render()
+    secret = next(d for d in generated if d["kind"] == "Secret" and d["metadata"]["name"] == "t-hub")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    lint = _helm("lint", "--strict", str(CHART), "--set", "hub.existing_secret=facility-hub-tokens", check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    managed = render(sets=("hub.existing_secret=facility-hub-tokens",))
+    assert not [d for d in managed if d["kind"] == "Secret"]  # nothing random left to change between renders
+    assert render(sets=("hub.existing_secret=facility-hub-tokens",)) == managed
+    for name, spec in pod_templates(managed):
+        assert secret_keys_seen(spec, "facility-hub-tokens", HUB_KEYS) == KEYS_PER_POD[name], name
+        assert not secret_keys_seen(spec, "t-hub", HUB_KEYS), name
+    for d in managed:
+        validate(d)
+
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    """The hub's mounted files written where its container sees them (/etc/beamside -> a temp dir)."""
+    """Each pod's mounted files written where its container sees them (/etc/beamside -> a temp dir per pod).
+
+    The secrets folder holds only the keys that pod's Deployment projects into it.
+    """
     root = tmp_path_factory.mktemp("hub-pod")
     docs = render(CHART / "examples" / "hostpath-lab.yaml")
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
-    hub = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "t-hub")
-    container = hub["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    etc = root / "etc-beamside"
+    secrets = {k: base64.b64decode(v).decode() for k, v in by_name[("Secret", "t-hub")]["data"].items()}
+    runtime_files = {}
+    for pod in ("t-hub", "t-gateway-api", "t-gateway-controller"):
+        spec = by_name[("Deployment", pod)]["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        etc = root / pod / "etc-beamside"
 
-    def where(path: str) -> Path:
-        return etc / Path(path).relative_to("/etc/beamside")
+        def where(path: str) -> Path:
+            return etc / Path(path).relative_to("/etc/beamside")
 
-    runtime_text = by_name[("ConfigMap", "t-hub")]["data"]["runtime.json"].replace("/etc/beamside", str(etc))
-    where(env["BEAMSIDE_RUNTIME"]).parent.mkdir(parents=True)
-    where(env["BEAMSIDE_RUNTIME"]).write_text(runtime_text)
-    (etc / "catalog").mkdir()
-    (etc / "catalog" / "catalog.yaml").write_text(by_name[("ConfigMap", "t-catalog")]["data"]["catalog.yaml"])
-    (etc / "secrets").mkdir()
-    for key, value in by_name[("Secret", "t-hub")]["data"].items():
-        (etc / "secrets" / key).write_text(base64.b64decode(value).decode())
-    os.chmod(etc / "secrets" / "cookie_secret", 0o440)
-    runtime = json.loads(runtime_text)
-    runtime["paths"]["state"] = str(root / "state")
+        runtime_text = by_name[("ConfigMap", "t-hub")]["data"]["runtime.json"].replace("/etc/beamside", str(etc))
+        where(env["BEAMSIDE_RUNTIME"]).parent.mkdir(parents=True)
+        where(env["BEAMSIDE_RUNTIME"]).write_text(runtime_text)
+        (etc / "catalog").mkdir()
+        (etc / "catalog" / "catalog.yaml").write_text(by_name[("ConfigMap", "t-catalog")]["data"]["catalog.yaml"])
+        if any(m["name"] == "secrets" for m in container["volumeMounts"]):
+            (etc / "secrets").mkdir()
+            for key in secret_keys_seen(spec, "t-hub", HUB_KEYS):
+                (etc / "secrets" / key).write_text(secrets[key])
+                os.chmod(etc / "secrets" / key, 0o440)
+        runtime_files[pod] = where(env["BEAMSIDE_RUNTIME"])
     kubeconfig = root / "kubeconfig.yaml"
     kubeconfig.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "fake",
@@ -176,14 +244,17 @@ def deployed(tmp_path_factory):
         "users": [{"name": "fake", "user": {"token": "fake"}}],
         "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}],
     }))
-    return {"runtime_file": where(env["BEAMSIDE_RUNTIME"]), "kubeconfig": kubeconfig, "runtime": runtime}
+    return {"runtime_files": runtime_files, "kubeconfig": kubeconfig, "secrets": secrets}
 
 
-def load_config(path: Path, deployed, monkeypatch):
+def load_config(path: Path, deployed, monkeypatch, pod: str = "t-hub"):
+    """The config file as ``pod`` loads it, from that pod's mounted files."""
     from traitlets.config.loader import PyFileConfigLoader
 
-    monkeypatch.setenv("BEAMSIDE_RUNTIME", str(deployed["runtime_file"]))
+    monkeypatch.setenv("BEAMSIDE_RUNTIME", str(deployed["runtime_files"][pod]))
     monkeypatch.setenv("KUBECONFIG", str(deployed["kubeconfig"]))
+    # kubernetes_asyncio reads KUBECONFIG once, when first imported (maybe before this test set it)
+    monkeypatch.setattr("kubernetes_asyncio.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(deployed["kubeconfig"]))
     return PyFileConfigLoader(path.name, str(path.parent)).load_config()
 
 
@@ -268,13 +339,17 @@ def test_gateway_config_builds_dask_pods_like_the_notebook_pod(deployed, monkeyp
 
     hub_cfg = load_config(REPO / "hub" / "jupyterhub_config.py", deployed, monkeypatch)
     notebook = notebook_pod(hub_cfg, "alice")["spec"]
-    cfg = load_config(REPO / "hub" / "dask_gateway_config.py", deployed, monkeypatch)
+    cfg = load_config(REPO / "hub" / "dask_gateway_config.py", deployed, monkeypatch, pod="t-gateway-api")
     assert cfg.DaskGateway.backend_class == "beamside_hub.kube.BeamsideKubeBackend"
+    assert cfg.JupyterHubAuthenticator.jupyterhub_api_token == deployed["secrets"]["gateway_token"]
+    assert cfg.Proxy.api_token == deployed["secrets"]["gateway_proxy_token"]
     backend = BeamsideKubeBackend(config=cfg)
     options, config = asyncio.run(backend.process_cluster_options(User("alice", set(), False), {}))
     # stored in the DaskCluster object (JSON), rebuilt by the controller exactly as it does
     cluster = json.loads(json.dumps(backend.make_cluster_object("alice", options, config)))
-    controller = BeamsideKubeController(config=cfg)
+    # the controller's own pod: the same config file, no secrets at all
+    controller = BeamsideKubeController(config=load_config(REPO / "hub" / "dask_gateway_config.py", deployed,
+                                                           monkeypatch, pod="t-gateway-controller"))
     name = cluster["metadata"]["name"]
     for is_worker in (False, True):
         pod = controller.make_pod(NAMESPACE, name, FrozenAttrDict(cluster["spec"]["config"]), is_worker=is_worker)
@@ -293,6 +368,86 @@ def test_gateway_config_builds_dask_pods_like_the_notebook_pod(deployed, monkeyp
         assert container["resources"]["limits"]["memory"]
         assert_hardened(pod["metadata"].get("name", "worker"), spec, user_pod=True)
         validate(pod)
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions) against a pod's labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        present = e["key"] in labels
+        if e["operator"] == "In" and not (present and labels[e["key"]] in e["values"]):
+            return False
+        if e["operator"] == "NotIn" and present and labels[e["key"]] in e["values"]:
+            return False
+        if e["operator"] == "Exists" and not present:
+            return False
+        if e["operator"] == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def connects(policies: list[dict], src: dict, dst: dict, port: int) -> bool:
+    """Whether NetworkPolicies (all in one namespace) let a pod labelled ``src`` open ``dst``:``port``.
+
+    The API's rules: a pod selected by no policy of a direction is open in it; else
+    some rule of a selecting policy must match the peer (podSelector; peers in other
+    namespaces never match here) and the port (no ports: all).
+    """
+    def allowed(direction: str, peers: str, me: dict, other: dict) -> bool:
+        mine = [p for p in policies if direction in p["spec"]["policyTypes"] and selects(p["spec"]["podSelector"], me)]
+        return not mine or any(
+            ("ports" not in rule or any(x["port"] == port for x in rule["ports"]))
+            and ("from" not in rule and "to" not in rule
+                 or any("namespaceSelector" not in peer and selects(peer["podSelector"], other)
+                        for peer in rule.get(peers, [])))
+            for p in mine for rule in p["spec"].get(direction.lower(), []))
+
+    return allowed("Egress", "to", src, dst) and allowed("Ingress", "from", dst, src)
+
+
+def test_dask_pods_reach_their_own_cluster_and_no_other_users(deployed, monkeypatch):
+    """Real pods and policies: the chart's, and those the controller makes for alice's and bob's clusters."""
+    from dask_gateway_server.models import User
+    from dask_gateway_server.utils import FrozenAttrDict
+
+    from beamside_hub.kube import BeamsideKubeBackend, BeamsideKubeController, cluster_network_policy
+
+    backend = BeamsideKubeBackend(config=load_config(REPO / "hub" / "dask_gateway_config.py", deployed, monkeypatch,
+                                                     pod="t-gateway-api"))
+    controller_cfg = load_config(REPO / "hub" / "dask_gateway_config.py", deployed, monkeypatch, pod="t-gateway-controller")
+    assert controller_cfg.BeamsideKubeController.network_policy is True
+    controller = BeamsideKubeController(config=controller_cfg)
+    docs = render(CHART / "examples" / "hostpath-lab.yaml")
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pods = {name: spec for name, spec in ((d["metadata"]["name"], d["spec"]["template"]["metadata"]["labels"])
+                                          for d in docs if d["kind"] == "Deployment")}
+    for user in ("alice", "bob"):
+        options, config = asyncio.run(backend.process_cluster_options(User(user, set(), False), {}))
+        cluster = json.loads(json.dumps(backend.make_cluster_object(user, options, config)))
+        cluster["metadata"].update(namespace=NAMESPACE, uid=f"uid-of-{user}s-cluster")  # as the API server fills in
+        policy = cluster_network_policy(cluster, controller.gateway_instance)
+        validate(policy)
+        assert policy["metadata"]["ownerReferences"][0]["uid"] == f"uid-of-{user}s-cluster"
+        policies.append(policy)
+        spec = FrozenAttrDict(cluster["spec"]["config"])
+        name = cluster["metadata"]["name"]
+        pods[f"{user}-scheduler"] = controller.make_pod(NAMESPACE, name, spec)["metadata"]["labels"]
+        pods[f"{user}-worker"] = controller.make_pod(NAMESPACE, name, spec, is_worker=True)["metadata"]["labels"]
+    pods["alice-notebook"] = notebook_pod(load_config(REPO / "hub" / "jupyterhub_config.py", deployed, monkeypatch),
+                                          "alice")["metadata"]["labels"]
+
+    def ok(src, dst, port):
+        return connects(policies, pods[src], pods[dst], port)
+
+    for user in ("alice", "bob"):
+        assert ok(f"{user}-worker", f"{user}-scheduler", 8786) and ok(f"{user}-scheduler", f"{user}-worker", 40123)
+        assert ok("t-gateway", f"{user}-scheduler", 8786) and ok("t-gateway", f"{user}-scheduler", 8787)
+        assert ok("t-gateway-api", f"{user}-scheduler", 8788) and ok(f"{user}-scheduler", "t-gateway-api", 8000)
+    for src, dst in (("alice-worker", "bob-scheduler"), ("alice-worker", "bob-worker"), ("bob-scheduler", "alice-worker"),
+                     ("alice-notebook", "bob-scheduler"), ("alice-notebook", "alice-worker")):
+        for port in (8786, 8787, 8788, 40123):
+            assert not ok(src, dst, port), (src, dst, port)
 
 
 def test_every_value_is_documented():

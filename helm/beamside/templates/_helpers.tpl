@@ -38,33 +38,67 @@ fsGroup: 1000
 seccompProfile: {type: RuntimeDefault}
 {{- end -}}
 
-{{/* Where the hub's configuration files appear in the hub and gateway containers. */}}
+{{/* The Secret holding the hub's tokens and keys: the admin's (hub.existing_secret) or the chart's. */}}
+{{- define "beamside.secretName" -}}
+{{- .Values.hub.existing_secret | default (include "beamside.name" (dict "root" . "component" "hub")) -}}
+{{- end -}}
+
+{{/* Which keys of that Secret each pod sees (as files in /etc/beamside/secrets, or the proxy's env):
+     only what its process uses. Defined here once; hub/secret.yaml generates every key named here. */}}
+{{- define "beamside.secretKeys" -}}
+{{- $keys := dict
+  "hub" (list "proxy_token" "gateway_token" "supervisor_token" "crypt_key" "cookie_secret")
+  "proxy" (list "proxy_token")
+  "gateway-api" (list "gateway_token" "gateway_proxy_token")
+  "gateway" (list "gateway_proxy_token")
+  "gateway-controller" (list) -}}
+{{- if eq .component "all" -}}
+{{- $all := list -}}
+{{- range $keys }}{{ $all = concat $all . }}{{ end -}}
+{{- $all | uniq | sortAlpha | toJson -}}
+{{- else -}}
+{{- get $keys .component | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the hub's configuration files appear in the hub and gateway containers (dict root, component). */}}
 {{- define "beamside.configMounts" -}}
 - {name: runtime, mountPath: /etc/beamside/runtime, readOnly: true}
+{{- if include "beamside.secretKeys" . | fromJsonArray }}
 - {name: secrets, mountPath: /etc/beamside/secrets, readOnly: true}
+{{- end }}
 - {name: catalog, mountPath: /etc/beamside/catalog, readOnly: true}
 {{- end -}}
 {{- define "beamside.configVolumes" -}}
+{{- $root := .root -}}
+{{- $keys := include "beamside.secretKeys" . | fromJsonArray -}}
 - name: runtime
-  configMap: {name: {{ include "beamside.name" (dict "root" . "component" "hub") }}}
+  configMap: {name: {{ include "beamside.name" (dict "root" $root "component" "hub") }}}
+{{- if $keys }}
 - name: secrets
   projected:
     defaultMode: 0440
     sources:
-      - secret: {name: {{ include "beamside.name" (dict "root" . "component" "hub") }}}
-      {{- if and (eq .Values.auth.type "oidc") .Values.auth.oidc.existing_secret }}
       - secret:
-          name: {{ .Values.auth.oidc.existing_secret }}
-          items: [{key: {{ .Values.auth.oidc.secret_key }}, path: oidc_client_secret}]
+          name: {{ include "beamside.secretName" $root }}
+          items:
+            {{- range $keys }}
+            - {key: {{ . }}, path: {{ . }}}
+            {{- end }}
+      {{- if and (eq .component "hub") (eq $root.Values.auth.type "oidc") $root.Values.auth.oidc.existing_secret }}
+      - secret:
+          name: {{ $root.Values.auth.oidc.existing_secret }}
+          items: [{key: {{ $root.Values.auth.oidc.secret_key }}, path: oidc_client_secret}]
       {{- end }}
+{{- end }}
 - name: catalog
-  {{- with .Values.data.catalog }}
+  {{- with $root.Values.data.catalog }}
   {{- if .existing_config_map }}
   configMap: {name: {{ .existing_config_map }}, items: [{key: {{ .key }}, path: catalog.yaml}]}
   {{- else if .existing_secret }}
   secret: {secretName: {{ .existing_secret }}, items: [{key: {{ .key }}, path: catalog.yaml}]}
   {{- else }}
-  configMap: {name: {{ include "beamside.name" (dict "root" $ "component" "catalog") }}}
+  configMap: {name: {{ include "beamside.name" (dict "root" $root "component" "catalog") }}}
   {{- end }}
   {{- end }}
 {{- end -}}
