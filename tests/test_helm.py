@@ -317,7 +317,7 @@ def test_hub_config_builds_notebook_pods_with_only_own_beamtimes(deployed, monke
         catalog = yaml.safe_load(pod["metadata"]["annotations"]["beamside.org/catalog"])
         assert [bt["path"] for bt in catalog["beamtimes"]] == list(expected[user].values())
         env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
-        assert env["BEAMSIDE_CATALOG"] == "/run/beamside/catalog.yaml"
+        assert env["BEAMSIDE_CATALOG"] == "/run/beamside/catalog/catalog.yaml"
         assert env["DASK_GATEWAY__ADDRESS"] == "http://t-proxy-public.jhub:80/services/dask-gateway"
         assert_hardened(user, spec, user_pod=True)
         # the fsGroup trap: the pod securityContext keeps fsGroup (home PVC) next to seccomp
@@ -363,7 +363,7 @@ def test_gateway_config_builds_dask_pods_like_the_notebook_pod(deployed, monkeyp
         assert container["securityContext"] == notebook["containers"][0]["securityContext"]
         assert "home" not in {v["name"] for v in spec["volumes"]}  # per-user PVC homes stay with the notebook
         env = {e["name"]: e.get("value") for e in container["env"]}
-        assert env["BEAMSIDE_CATALOG"] == "/run/beamside/catalog.yaml" and env["JUPYTERHUB_USER"] == "alice"
+        assert env["BEAMSIDE_CATALOG"] == "/run/beamside/catalog/catalog.yaml" and env["JUPYTERHUB_USER"] == "alice"
         assert "--dg-idle-timeout" in container["args"] or is_worker
         assert container["resources"]["limits"]["memory"]
         assert_hardened(pod["metadata"].get("name", "worker"), spec, user_pod=True)
