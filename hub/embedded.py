@@ -22,7 +22,8 @@ from pathlib import Path
 
 import analysis_lib
 
-from . import auth, sandbox, settings as settings_mod
+from . import auth, network, sandbox, settings as settings_mod
+from .runtime import addresses, private_network
 
 DEMO_USERS = ("alice", "bob", "carol", "admin")
 REPO = Path(analysis_lib.__file__).resolve().parent.parent
@@ -149,10 +150,14 @@ def prepare(config: str | None, overrides: dict | None = None) -> dict:
     _refuse_if_visible(paths, config, paths["software"], [bt.real_path for bt in load_catalog(paths["catalog"]).beamtimes])
     for db in state.glob("*.sqlite"):  # made before umask 077 was set: hub databases hold OAuth secrets
         os.chmod(db, 0o600)
+    private = isolate and s["singleuser"]["network"] == "private"
+    if private:
+        network.ensure_internal_address()
     runtime = {
         "settings": s,
         "paths": paths,
         "demo": demo,
+        "network": "private" if private else "host",
         "isolate": isolate,
         "isolation": why,
         "secrets": {
@@ -211,12 +216,19 @@ class Supervisor:
         self.proxy = subprocess.Popen(
             [self.runtime["paths"]["chp"], "--ip", hub["ip"], "--port", str(hub["port"]),
              "--api-ip", "127.0.0.1", "--api-port", str(hub["proxy_api_port"]),
-             "--error-target", f"http://127.0.0.1:{hub['hub_port']}/hub/error", "--log-level", "warn"],
+             "--error-target", f"{addresses(self.runtime)['hub_bind_url']}/hub/error", "--log-level", "warn"],
             cwd=self.state, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()
         (self.state / "proxy.pid").write_text(str(self.proxy.pid))
+
+    def start_relay(self) -> None:
+        """Users' namespaces reach the gateway's scheduler proxy on the internal address; it listens on
+        the public one (for scripts from outside), so the supervisor relays between the two."""
+        hub, dask = self.runtime["settings"]["hub"], self.runtime["settings"]["dask"]
+        if private_network(self.runtime) and dask["enabled"] and hub["ip"] not in ("0.0.0.0", ""):
+            network.start_relay((network.INTERNAL_IP, dask["scheduler_port"]), (hub["ip"], dask["scheduler_port"]))
 
     def start_hub(self) -> None:
         log = _open_log(self.state / "logs", "jupyterhub.log")
@@ -233,9 +245,8 @@ class Supervisor:
     def api(self, method: str, path: str, **kwargs):
         import requests
 
-        hub = self.runtime["settings"]["hub"]
         token = self.runtime["secrets"]["supervisor_token"]
-        return requests.request(method, f"http://127.0.0.1:{hub['hub_port']}/hub/api{path}",
+        return requests.request(method, f"{addresses(self.runtime)['hub_api_url']}{path}",
                                 headers={"Authorization": f"token {token}"}, timeout=10, **kwargs)
 
     def wait_ready(self, timeout: float = 120) -> bool:
@@ -273,6 +284,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.start_proxy()
+        self.start_relay()
         self.start_hub()
         if not self.wait_ready():
             _say(f"JupyterHub did not start; see {self.state / 'logs' / 'jupyterhub.log'}")
@@ -320,6 +332,8 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 self.proxy.kill()
         _kill_leftovers(self.state)
+        if private_network(self.runtime):
+            network.remove_unused()  # namespaces other deployments still use stay
         _say("stopped")
 
 

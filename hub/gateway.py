@@ -31,7 +31,7 @@ from traitlets import Float, Integer
 from analysis_lib.catalog import load_catalog
 
 from . import rootfs, sandbox
-from .accounts import drop_privileges, ensure_account
+from .accounts import ensure_account
 
 _WORK = "work"  # the user's own part of a cluster's folder
 _LOGS = "logs"
@@ -111,7 +111,7 @@ class BeamsideBackend(sandbox.Sandboxed, LocalBackend):
         workdir = cluster.state["workdir"]
         if not self.isolate:
             return lambda: os.chdir(workdir)
-        return drop_privileges(self._account(cluster.username), os.path.join(workdir, _WORK))
+        return self.preexec_for(self._account(cluster.username), os.path.join(workdir, _WORK))
 
     def get_env(self, cluster):
         env = super().get_env(cluster)
@@ -134,13 +134,26 @@ class BeamsideBackend(sandbox.Sandboxed, LocalBackend):
         folder = Path(cluster.state["workdir"])
         return self.sandbox_argv(account, readonly=[folder], writable=[folder / _WORK], workdir=folder / _WORK) + list(cmd)
 
+    def _listen_on(self, cluster, cmd: list[str]) -> list[str]:
+        """Upstream binds every listener to ``default_host`` (loopback, a class attribute); in a
+        private network the user's own address is where the gateway's proxy reaches them."""
+        if not self.isolate:
+            return cmd
+        address = self.user_address(self._account(cluster.username))
+        if not address:
+            return cmd
+        return [a.replace(self.default_host, address, 1) if a.startswith(self.default_host) else a for a in cmd]
+
     def get_scheduler_command(self, cluster):
-        return self._sandboxed(cluster, super().get_scheduler_command(cluster))
+        return self._sandboxed(cluster, self._listen_on(cluster, super().get_scheduler_command(cluster)))
 
     def get_worker_command(self, cluster, worker_name, scheduler_address=None):
         # Workers' own dashboards are unauthenticated and nobody needs them: the scheduler's is
         # reached through the gateway's authenticated proxy.
         cmd = super().get_worker_command(cluster, worker_name, scheduler_address) + ["--no-dashboard"]
+        address = self.user_address(self._account(cluster.username)) if self.isolate else None
+        if address:
+            cmd += ["--host", address]
         return self._sandboxed(cluster, cmd)
 
     # -- access ends: revoked beamtimes, maximum age ------------------------------------------

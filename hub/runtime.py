@@ -43,19 +43,31 @@ def on_kubernetes(runtime: dict) -> bool:
     return runtime.get("platform") == "kubernetes"
 
 
+def private_network(runtime: dict) -> bool:
+    """Whether users' processes run in network namespaces of their own (:mod:`beamside_hub.network`)."""
+    return runtime.get("network") == "private"
+
+
 def addresses(runtime: dict) -> dict:
-    """Where the parts reach each other: loopback ports on one machine, the chart's Services on Kubernetes."""
+    """Where the parts reach each other: loopback ports on one machine, the chart's Services on Kubernetes.
+
+    With a private network per user, what users' processes must reach (the hub's API, the gateway's
+    proxy and its scheduler traffic) is on the internal address, the only host address their
+    namespaces have a route to; the rest stays on loopback.
+    """
     if on_kubernetes(runtime):
         return runtime["addresses"]
     hub, dask = runtime["settings"]["hub"], runtime["settings"]["dask"]
+    internal = "127.0.0.1"
+    if private_network(runtime):
+        from .network import INTERNAL_IP as internal
     return {
         "public_bind_url": f"http://{hub['ip']}:{hub['port']}",
-        "hub_bind_url": f"http://127.0.0.1:{hub['hub_port']}",
-        "hub_api_url": f"http://127.0.0.1:{hub['hub_port']}/hub/api",
+        "hub_bind_url": f"http://{internal}:{hub['hub_port']}",
+        "hub_api_url": f"http://{internal}:{hub['hub_port']}/hub/api",
         "proxy_api_url": f"http://127.0.0.1:{hub['proxy_api_port']}",
-        "proxy_url": f"http://127.0.0.1:{hub['port']}",  # how user servers reach the proxy
-        "gateway_url": f"http://127.0.0.1:{dask['port']}",  # the gateway's own proxy (HTTP)
-        "gateway_tcp": f"127.0.0.1:{dask['scheduler_port']}",  # ... and its scheduler traffic
+        "gateway_url": f"http://{internal}:{dask['port']}",  # the gateway's own proxy (HTTP)
+        "gateway_tcp": f"{internal}:{dask['scheduler_port']}",  # ... and its scheduler traffic
     }
 
 
@@ -68,11 +80,12 @@ def public_url(runtime: dict) -> str:
 def gateway_client_env(runtime: dict) -> dict:
     """dask-gateway client config for user servers: ``al.cluster()`` then needs no arguments.
 
-    User servers reach the gateway on the internal proxy address, not the public one.
+    User servers reach the gateway on an internal address, not the public one: on Kubernetes through
+    the proxy's Service, on one machine straight at the gateway's own proxy.
     """
     a = addresses(runtime)
     return {
-        "DASK_GATEWAY__ADDRESS": f"{a['proxy_url']}/services/dask-gateway",
+        "DASK_GATEWAY__ADDRESS": f"{a.get('proxy_url', a['gateway_url'])}/services/dask-gateway",
         "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{a['gateway_tcp']}",
         "DASK_GATEWAY__PUBLIC_ADDRESS": "/services/dask-gateway/",
         "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
@@ -129,6 +142,10 @@ def configure_hub(c, runtime: dict, python: str) -> None:
     else:
         c.JupyterHub.authenticator_class = "beamside_hub.auth.PasswordFileAuthenticator"
         c.PasswordFileAuthenticator.passwords_file = paths["passwords_file"]
+        if private_network(runtime):  # the proxy reaches the hub from the internal address
+            from .network import INTERNAL_IP
+
+            c.PasswordFileAuthenticator.trusted_proxies = ["127.0.0.1", "::1", INTERNAL_IP]
         c.Authenticator.allow_all = True  # whoever has a password in the file
 
     # -- user servers
@@ -214,6 +231,7 @@ def _sandboxes(section, runtime: dict) -> None:
     section.isolate = runtime["isolate"]
     section.software_paths = paths["software"]
     section.audit_socket = paths["audit_socket"] if runtime["settings"]["audit"]["enabled"] else ""
+    section.private_network = private_network(runtime)
 
 
 def _kube_servers(c, runtime: dict) -> None:
@@ -288,7 +306,7 @@ def _local_gateway(c, runtime: dict) -> tuple[list[str], dict]:
     dask, hub = s["dask"], s["hub"]
     venv_bin = os.path.join(paths["venv"], "bin")
     c.DaskGateway.address = f"127.0.0.1:{dask['api_port']}"
-    c.Proxy.address = f"127.0.0.1:{dask['port']}"
+    c.Proxy.address = addresses(runtime)["gateway_url"].split("//", 1)[1]
     c.Proxy.tcp_address = f"{hub['ip']}:{dask['scheduler_port']}"
     c.DaskGateway.backend_class = "beamside_hub.gateway.BeamsideBackend"
     b = c.BeamsideBackend

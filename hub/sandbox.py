@@ -27,8 +27,8 @@ from traitlets import Bool, HasTraits, List, Unicode
 
 from analysis_lib.catalog import Catalog, load_catalog
 
-from . import rootfs
-from .accounts import Account
+from . import network, rootfs
+from .accounts import Account, drop_privileges
 
 IN_SANDBOX_CATALOG_DIR = "/run/beamside/catalog"  # a folder: a catalog replaced on the host shows inside
 IN_SANDBOX_CATALOG = f"{IN_SANDBOX_CATALOG_DIR}/catalog.yaml"
@@ -237,6 +237,8 @@ class Sandboxed(HasTraits):
     isolate = Bool(True, config=True, help="Run user processes as per-user accounts in bubblewrap sandboxes (needs root).")
     software_paths = List(Unicode(), config=True, help="Read-only paths every sandbox needs: the venv, beamside's sources.")
     audit_socket = Unicode("", config=True, help="Unix socket of the audit service, bound into every sandbox.")
+    private_network = Bool(False, config=True,
+                           help="Run each user's processes in a network namespace of their own (beamside_hub.network).")
 
     def home_of(self, user: str) -> Path:
         return Path(self.homes_dir) / user
@@ -258,6 +260,24 @@ class Sandboxed(HasTraits):
             workdir=workdir,
         )
         return bwrap_argv(spec, find_bwrap() or "bwrap")
+
+    def user_address(self, account: Account) -> str | None:
+        """The address the user's processes listen on: their own namespace's (made if missing), or
+        None when they share the host's network."""
+        return network.ensure(account.uid) if self.private_network else None
+
+    def preexec_for(self, account: Account, workdir: str):
+        """A ``preexec_fn``: into the user's network namespace (while still root), then the account's ids."""
+        drop = drop_privileges(account, workdir)
+        if not self.private_network:
+            return drop
+        uid = account.uid
+
+        def preexec():
+            network.enter(uid)
+            drop()
+
+        return preexec
 
     def sandbox_env(self) -> dict:
         """Where the library finds the catalog and the audit socket, inside the sandbox (or not)."""

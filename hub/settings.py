@@ -53,6 +53,9 @@ DEFAULTS: dict = {
     },
     "singleuser": {
         "isolation": "auto",  # "bubblewrap", "none" (a demo without isolation), or "auto"
+        # "private": each user's processes in a network namespace of their own (isolated mode only);
+        # "host": they share the machine's network (and every user reaches others' loopback ports)
+        "network": "private",
         "default_url": "/lab",
         "mem_limit": None,
         "cpu_limit": None,
@@ -124,4 +127,6 @@ def load(path: str | os.PathLike | None = None, overrides: dict | None = None) -
             )
     if settings["singleuser"]["isolation"] not in ("auto", "bubblewrap", "none"):
         raise ValueError("singleuser.isolation must be 'auto', 'bubblewrap' or 'none'")
+    if settings["singleuser"]["network"] not in ("private", "host"):
+        raise ValueError("singleuser.network must be 'private' or 'host'")
     return settings

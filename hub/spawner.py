@@ -32,7 +32,7 @@ from traitlets import Unicode
 from analysis_lib.catalog import load_catalog
 
 from . import rootfs, sandbox
-from .accounts import Account, drop_privileges, ensure_account
+from .accounts import Account, ensure_account
 
 
 class BeamsideSpawner(sandbox.Sandboxed, LocalProcessSpawner):
@@ -60,7 +60,7 @@ class BeamsideSpawner(sandbox.Sandboxed, LocalProcessSpawner):
                 os.chdir(home)
 
             return preexec
-        return drop_privileges(account, str(self.home))
+        return self.preexec_for(account, str(self.home))
 
     def user_env(self, env):
         account = self._account()
@@ -96,6 +96,9 @@ class BeamsideSpawner(sandbox.Sandboxed, LocalProcessSpawner):
                              **({"stdout": log_fd, "stderr": subprocess.STDOUT} if log_fd is not None else {})}
         if account is not None:
             self.cmd = self.sandbox_argv(account) + base_cmd
+            address = self.user_address(account)
+            if address:  # in the user's own network namespace, reached through its link
+                self.ip = address
         try:
             return await super().start()
         finally:
