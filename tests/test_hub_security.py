@@ -45,8 +45,10 @@ def demo():
     dep.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def alice(demo):
+    """A fresh kernel per test: an idle websocket dies after the server's ping timeout (90 s), and
+    some tests here take longer than that between two uses of a kernel."""
     demo.hub.spawn("alice")
     kernel = Kernel(demo.url, "alice", demo.hub.token("alice"))
     yield kernel
@@ -207,6 +209,102 @@ cluster.shutdown()
     # the server's output went to its user's own log, made by root, readable by root alone
     log = demo.folder / "state" / "logs" / "users" / "bs-alice.log"
     assert log.exists() and log.stat().st_uid == 0 and stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+# -- 6. other users' dashboards ------------------------------------------------------------------
+def test_another_users_dashboards_and_ports_are_unreachable(demo, alice):
+    """Bob's kernel tries every address alice's Dask processes listen on (dashboard, scheduler, the
+    scheduler's gateway API) and her server's port; none answers, while her own kernel reaches them."""
+    demo.hub.spawn("carol")
+    carol = Kernel(demo.url, "carol", demo.hub.token("carol"))
+    try:
+        targets = outcome(alice, """
+from dask_gateway import Gateway
+import os
+gw = Gateway()
+cluster = gw.new_cluster()
+cluster.scale(1)
+client = cluster.get_client()
+client.wait_for_workers(1, timeout=180)
+def listening(dask_scheduler):
+    import psutil
+    return sorted({f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.net_connections("tcp") if c.status == "LISTEN"})
+res = {"scheduler": client.run_on_scheduler(listening), "server": os.environ["JUPYTERHUB_SERVICE_URL"]}
+""")
+        ports = targets["scheduler"] + [targets["server"].split("//", 1)[1].split("/", 1)[0]]
+        assert ports and not any(t.startswith(("0.0.0.0", "[::]")) for t in targets["scheduler"]), targets
+        probe = """
+import socket
+def reach(target):
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close(); return "OPEN"
+    except OSError as e:
+        return type(e).__name__
+"""
+        own = outcome(alice, probe + f"res = {{t: reach(t) for t in {ports!r}}}")
+        other = outcome(carol, probe + f"res = {{t: reach(t) for t in {ports!r}}}")
+        assert set(own.values()) == {"OPEN"}, own
+        assert "OPEN" not in other.values(), (targets, other)
+    finally:
+        carol.close()
+        ok(alice, "cluster.shutdown(); client.close()")
+        demo.hub.stop("carol")
+
+
+# -- 8. the audit trail ------------------------------------------------------------------------------
+def _audit_entries(demo) -> list[dict]:
+    return [json.loads(line) for line in Path(demo.runtime["paths"]["audit_log"]).read_text().splitlines()]
+
+
+def test_reads_that_skip_the_library_are_audited_by_the_kernel(demo, alice):
+    from analysis_lib.catalog import Catalog
+
+    bt = next(b for b in Catalog.load(demo.runtime["paths"]["catalog"]).beamtimes if b.id == "bt-1001")
+    files = sorted(str(p) for p in (bt.real_path / "raw").glob("*.nxs"))[-2:]
+    ok(alice, f"""
+import h5py
+open({files[0]!r}, "rb").read(8)          # plain Python, no analysis_lib
+h5py.File({files[1]!r}, "r").close()      # h5py straight
+""")
+
+    def seen():
+        hits = {e["path"]: e for e in _audit_entries(demo) if e.get("via") == "open" and e.get("user") == "alice"}
+        return all(f in hits for f in files) and hits
+
+    hits = _wait(seen, 20, "kernel-recorded opens of alice's files")
+    assert {hits[f]["beamtime"] for f in files} == {"bt-1001"}
+
+
+def test_audit_flood_is_rate_limited_and_counted(demo, alice):
+    res = outcome(alice, """
+import json, os, socket, time
+s = socket.socket(socket.AF_UNIX); s.connect(os.environ["BEAMSIDE_AUDIT_SOCKET"])
+t0 = time.time()
+for i in range(20000):
+    s.sendall(json.dumps({"path": f"/made/up/{i}"}).encode() + b"\\n")
+s.close()
+res = {"seconds": time.time() - t0}
+""")
+    time.sleep(2.5)  # the dropped-entries summary is written every second
+    entries = _audit_entries(demo)
+    written = [e for e in entries if e.get("user") == "alice" and str(e.get("path", "")).startswith("/made/up/")]
+    dropped = sum(e["dropped"] for e in entries if e.get("user") == "alice" and "dropped" in e)
+    assert len(written) < 20000 and len(written) <= 2000 + 50 * (res["seconds"] + 5), len(written)
+    assert len(written) + dropped == 20000  # what was refused is counted, not lost silently
+
+
+def test_audit_log_rotates_at_its_size_cap(tmp_path):
+    from beamside_hub.audit import AuditLog
+
+    catalog = _facility_catalog(tmp_path / "f")
+    log = AuditLog(str(tmp_path / "audit.log"), str(catalog), max_bytes=4000, keep=2)
+    for i in range(300):
+        log.write(54321, f"/data/p1/file{i}")
+    names = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("audit.log"))
+    assert names == ["audit.log", "audit.log.1", "audit.log.2"]
+    assert all((tmp_path / n).stat().st_size < 4000 + 400 for n in names)
+    assert stat.S_IMODE((tmp_path / "audit.log").stat().st_mode) == 0o640
 
 
 # -- 10. the sandbox's /etc ------------------------------------------------------------------------
