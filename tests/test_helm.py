@@ -444,6 +444,10 @@ def test_dask_pods_reach_their_own_cluster_and_no_other_users(deployed, monkeypa
         assert ok(f"{user}-worker", f"{user}-scheduler", 8786) and ok(f"{user}-scheduler", f"{user}-worker", 40123)
         assert ok("t-gateway", f"{user}-scheduler", 8786) and ok("t-gateway", f"{user}-scheduler", 8787)
         assert ok("t-gateway-api", f"{user}-scheduler", 8788) and ok(f"{user}-scheduler", "t-gateway-api", 8000)
+    # a real notebook pod (KubeSpawner's labels) is what the policies for user pods select
+    assert ok("t-proxy", "alice-notebook", 8888) and ok("t-hub", "alice-notebook", 8888)
+    assert ok("alice-notebook", "t-hub", 8081) and ok("alice-notebook", "t-gateway", 8786)
+    assert not ok("alice-notebook", "t-hub", 8001) and not ok("t-gateway", "alice-notebook", 8888)
     for src, dst in (("alice-worker", "bob-scheduler"), ("alice-worker", "bob-worker"), ("bob-scheduler", "alice-worker"),
                      ("alice-notebook", "bob-scheduler"), ("alice-notebook", "alice-worker")):
         for port in (8786, 8787, 8788, 40123):

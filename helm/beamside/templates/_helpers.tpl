@@ -8,9 +8,16 @@
 
 {{/* Labels: selectors use name, instance and component only (they never change on upgrade). */}}
 {{- define "beamside.selector" -}}
+{{- if eq .component "singleuser" -}}
+{{- /* User pods: KubeSpawner writes its own app.kubernetes.io/name and /component over extra_labels,
+       so policies select them by labels of beamside's own that it leaves alone. */ -}}
+beamside.org/instance: {{ .root.Release.Name }}
+beamside.org/component: singleuser
+{{- else -}}
 app.kubernetes.io/name: beamside
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
+{{- end -}}
 {{- end -}}
 {{- define "beamside.labels" -}}
 {{ include "beamside.selector" . }}
