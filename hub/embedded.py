@@ -23,7 +23,8 @@ from pathlib import Path
 import analysis_lib
 
 from . import auth, network, sandbox, settings as settings_mod
-from .runtime import addresses, private_network
+from .platform import LocalPlatform, private_network
+from .runtime import addresses
 
 DEMO_USERS = ("alice", "bob", "carol", "admin")
 REPO = Path(analysis_lib.__file__).resolve().parent.parent
@@ -157,7 +158,9 @@ def prepare(config: str | None, overrides: dict | None = None) -> dict:
         "settings": s,
         "paths": paths,
         "demo": demo,
+        "platform": LocalPlatform.name,
         "network": "private" if private else "host",
+        "addresses": LocalPlatform.derive_addresses(s, private),
         "isolate": isolate,
         "isolation": why,
         "secrets": {

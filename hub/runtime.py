@@ -8,13 +8,16 @@ a traitlets ``Config``, so both can be tested without starting anything.
 On Kubernetes the chart renders the runtime file from its values
 (``platform: kubernetes``, the Services' ``addresses``, the ``kube`` section)
 and mounts the secrets as files; login, roles, services and the culler stay
-the same code for both platforms, only where servers run differs.
+the same code for every platform, and what differs (where servers and
+clusters run, the addresses) is the :mod:`beamside_hub.platform`'s.
 """
 
 from __future__ import annotations
 
 import json
 import os
+
+from .platform import platform_for
 
 SUPERVISOR = "beamside-supervisor"
 GATEWAY_SCOPE = "access:services!service=dask-gateway"
@@ -39,36 +42,9 @@ def load_runtime(path: str) -> dict:
     return runtime
 
 
-def on_kubernetes(runtime: dict) -> bool:
-    return runtime.get("platform") == "kubernetes"
-
-
-def private_network(runtime: dict) -> bool:
-    """Whether users' processes run in network namespaces of their own (:mod:`beamside_hub.network`)."""
-    return runtime.get("network") == "private"
-
-
 def addresses(runtime: dict) -> dict:
-    """Where the parts reach each other: loopback ports on one machine, the chart's Services on Kubernetes.
-
-    With a private network per user, what users' processes must reach (the hub's API, the gateway's
-    proxy and its scheduler traffic) is on the internal address, the only host address their
-    namespaces have a route to; the rest stays on loopback.
-    """
-    if on_kubernetes(runtime):
-        return runtime["addresses"]
-    hub, dask = runtime["settings"]["hub"], runtime["settings"]["dask"]
-    internal = "127.0.0.1"
-    if private_network(runtime):
-        from .network import INTERNAL_IP as internal
-    return {
-        "public_bind_url": f"http://{hub['ip']}:{hub['port']}",
-        "hub_bind_url": f"http://{internal}:{hub['hub_port']}",
-        "hub_api_url": f"http://{internal}:{hub['hub_port']}/hub/api",
-        "proxy_api_url": f"http://127.0.0.1:{hub['proxy_api_port']}",
-        "gateway_url": f"http://{internal}:{dask['port']}",  # the gateway's own proxy (HTTP)
-        "gateway_tcp": f"{internal}:{dask['scheduler_port']}",  # ... and its scheduler traffic
-    }
+    """Where the parts reach each other, as the runtime's platform has them."""
+    return platform_for(runtime).addresses(runtime)
 
 
 def public_url(runtime: dict) -> str:
@@ -93,9 +69,11 @@ def gateway_client_env(runtime: dict) -> dict:
 
 
 def configure_hub(c, runtime: dict, python: str) -> None:
+    """Login, then the user servers of the runtime's platform, then the services and their roles."""
     s, paths, secrets = runtime["settings"], runtime["paths"], runtime["secrets"]
     hub, auth, single, dask = s["hub"], s["auth"], s["singleuser"], s["dask"]
-    a = addresses(runtime)
+    platform = platform_for(runtime)
+    a = platform.addresses(runtime)
     state = paths["state"]
 
     c.JupyterHub.bind_url = a["public_bind_url"]
@@ -142,29 +120,11 @@ def configure_hub(c, runtime: dict, python: str) -> None:
     else:
         c.JupyterHub.authenticator_class = "beamside_hub.auth.PasswordFileAuthenticator"
         c.PasswordFileAuthenticator.passwords_file = paths["passwords_file"]
-        if private_network(runtime):  # the proxy reaches the hub from the internal address
-            from .network import INTERNAL_IP
-
-            c.PasswordFileAuthenticator.trusted_proxies = ["127.0.0.1", "::1", INTERNAL_IP]
         c.Authenticator.allow_all = True  # whoever has a password in the file
 
     # -- user servers
     env = {"PYTHONNOUSERSITE": "1"}
-    if on_kubernetes(runtime):
-        _kube_servers(c, runtime)
-    else:
-        venv_bin = os.path.join(paths["venv"], "bin")
-        c.JupyterHub.spawner_class = "beamside_hub.spawner.BeamsideSpawner"
-        sp = c.BeamsideSpawner
-        _sandboxes(sp, runtime)
-        sp.examples_dir = paths.get("examples", "")
-        sp.logs_dir = os.path.join(state, "logs", "users")
-        sp.gateway_api_url = f"{a['gateway_url']}/services/dask-gateway/api" if dask["enabled"] else ""
-        c.Spawner.cmd = [os.path.join(venv_bin, "jupyterhub-singleuser")]
-        # ipc kernels: no TCP port races between kernels started in the same second, and the
-        # kernel sockets live inside the user's sandbox (where nobody else can reach them).
-        c.Spawner.args = ["--KernelManager.transport=ipc"] if runtime["isolate"] else []
-        env["PATH"] = f"{venv_bin}:/usr/local/bin:/usr/bin:/bin"
+    platform.configure_servers(c, runtime, env)
     c.Spawner.default_url = single["default_url"]
     c.Spawner.start_timeout = single["start_timeout"]
     c.Spawner.http_timeout = single["start_timeout"]
@@ -191,13 +151,8 @@ def configure_hub(c, runtime: dict, python: str) -> None:
     if dask["enabled"]:
         gateway = {"name": "dask-gateway", "url": a["gateway_url"], "api_token": secrets["gateway_token"],
                    "display": False}
-        if not on_kubernetes(runtime):  # on Kubernetes the gateway has its own Deployments
-            gateway.update(
-                command=[os.path.join(venv_bin, "dask-gateway-server"), "-f", paths["gateway_config"]],
-                cwd=paths["gateway_dir"],
-                environment={"BEAMSIDE_RUNTIME": os.environ.get("BEAMSIDE_RUNTIME", ""),
-                             "PATH": f"{venv_bin}:/usr/bin:/bin"},
-            )
+        if platform.runs_gateway_service:
+            gateway.update(platform.gateway_service(runtime))
         services.append(gateway)
     if s["culler"]["enabled"]:
         services.append(
@@ -222,113 +177,14 @@ def configure_hub(c, runtime: dict, python: str) -> None:
     c.JupyterHub.load_roles = roles
 
 
-def _sandboxes(section, runtime: dict) -> None:
-    """The same sandbox settings for the spawner and the gateway (:class:`beamside_hub.sandbox.Sandboxed`)."""
-    paths = runtime["paths"]
-    section.catalog = paths["catalog"]
-    section.homes_dir = paths["homes"]
-    section.sandboxes_dir = paths["sandboxes"]
-    section.isolate = runtime["isolate"]
-    section.software_paths = paths["software"]
-    section.audit_socket = paths["audit_socket"] if runtime["settings"]["audit"]["enabled"] else ""
-    section.private_network = private_network(runtime)
-
-
-def _kube_servers(c, runtime: dict) -> None:
-    """User servers as KubeSpawner pods (see :mod:`beamside_hub.kube`): only the spawner differs."""
-    s, k = runtime["settings"], runtime["kube"]
-    single = s["singleuser"]
-    c.JupyterHub.spawner_class = "beamside_hub.kube.BeamsideKubeSpawner"
-    c.JupyterHub.hub_connect_url = runtime["addresses"]["hub_connect_url"]
-    c.JupyterHub.cookie_secret_file = os.path.join(runtime["secrets_dir"], "cookie_secret")
-    if s["hub"]["public_url"]:
-        c.JupyterHub.public_url = s["hub"]["public_url"]
-    sp = c.BeamsideKubeSpawner
-    sp.catalog = runtime["paths"]["catalog"]
-    sp.values = {"data": s["data"], "singleuser": single}
-    sp.namespace = k["namespace"]
-    sp.image = k["singleuser_image"]
-    sp.image_pull_policy = k["image_pull_policy"]
-    sp.cmd = ["jupyterhub-singleuser"]
-    sp.working_dir = "/home/user"
-    sp.automount_service_account_token = False
-    sp.extra_labels = k["singleuser_labels"]
-    sp.node_selector = single["node_selector"]
-    sp.profile_list = single["profiles"]
-    if single["mem_guarantee"]:
-        sp.mem_guarantee = single["mem_guarantee"]
-    if single["cpu_guarantee"]:
-        sp.cpu_guarantee = single["cpu_guarantee"]
-    home = single["home"]
-    sp.storage_pvc_ensure = home["type"] == "pvc"
-    if home["type"] == "pvc":
-        sp.storage_capacity = home["size"]
-        sp.storage_class = home["storage_class"] or ""
-        sp.pvc_name_template = "home-{username}"
-
-
-def _kube_gateway(c, runtime: dict) -> tuple[list[str], dict]:
-    """dask-gateway's Kubernetes backend (API server, controller, proxy: one config).
-
-    Returns the ``dask`` command and the base environment of scheduler and worker pods.
-    """
-    k, a, s = runtime["kube"], runtime["addresses"], runtime["settings"]
-    dask = s["dask"]
-    c.DaskGateway.address = ":8000"
-    c.DaskGateway.backend_class = "beamside_hub.kube.BeamsideKubeBackend"
-    # Three pods read this config, each holding only its own tokens: the API server both,
-    # the proxy gateway_proxy_token, the controller none.
-    secrets = runtime["secrets"]
-    if "gateway_token" in secrets:
-        c.JupyterHubAuthenticator.jupyterhub_api_token = secrets["gateway_token"]
-    c.Proxy.address = ":8000"
-    c.Proxy.tcp_address = ":8786"
-    c.Proxy.gateway_url = a["gateway_api_url"]
-    if "gateway_proxy_token" in secrets:
-        c.Proxy.api_token = secrets["gateway_proxy_token"]
-    for cls in (c.KubeBackend, c.KubeController):
-        cls.gateway_instance = k["gateway_instance"]
-    c.BeamsideKubeController.network_policy = k["network_policy"]
-    c.KubeController.api_url = f"{a['gateway_api_url']}/api"
-    kc = c.KubeClusterConfig
-    kc.namespace = k["namespace"]
-    kc.image = k["singleuser_image"]
-    kc.image_pull_policy = k["image_pull_policy"]
-    kc.scheduler_cores = dask["scheduler_cores"]
-    kc.scheduler_memory = dask["scheduler_memory"]
-    # the nanny's default trim threshold makes glibc hand back every decode buffer
-    return ["dask"], {"PYTHONNOUSERSITE": "1", "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_": "None"}
-
-
-def _local_gateway(c, runtime: dict) -> tuple[list[str], dict]:
-    """dask-gateway's local backend in per-user sandboxes (see :mod:`beamside_hub.gateway`); as :func:`_kube_gateway`."""
-    s, paths, secrets = runtime["settings"], runtime["paths"], runtime["secrets"]
-    dask, hub = s["dask"], s["hub"]
-    venv_bin = os.path.join(paths["venv"], "bin")
-    c.DaskGateway.address = f"127.0.0.1:{dask['api_port']}"
-    c.Proxy.address = addresses(runtime)["gateway_url"].split("//", 1)[1]
-    c.Proxy.tcp_address = f"{hub['ip']}:{dask['scheduler_port']}"
-    c.DaskGateway.backend_class = "beamside_hub.gateway.BeamsideBackend"
-    b = c.BeamsideBackend
-    _sandboxes(b, runtime)
-    b.clusters_directory = os.path.join(paths["gateway_dir"], "clusters")
-    b.api_url = f"{addresses(runtime)['gateway_url']}/services/dask-gateway/api"
-    b.max_clusters_per_user = dask["max_clusters_per_user"]
-    b.max_cluster_age = dask["max_age"]
-    b.reconcile_period = s["singleuser"]["access_check_every"]
-    b.db_url = f"sqlite:///{paths['gateway_dir']}/db/gateway.sqlite"
-    b.db_encrypt_keys = [secrets["gateway_db_key"]]
-    return [os.path.join(venv_bin, "dask")], {"PATH": f"{venv_bin}:/usr/bin:/bin", "PYTHONNOUSERSITE": "1"}
-
-
 def configure_gateway(c, runtime: dict) -> None:
     from dask.utils import parse_bytes
     from dask_gateway_server.options import Bool, Float, Integer, Options
 
     s = runtime["settings"]
     dask = s["dask"]
-    kube = on_kubernetes(runtime)
-    dask_cmd, environment = (_kube_gateway if kube else _local_gateway)(c, runtime)
+    platform = platform_for(runtime)
+    dask_cmd, environment = platform.configure_gateway(c, runtime)
     c.Proxy.prefix = "/services/dask-gateway"
     c.DaskGateway.authenticator_class = "dask_gateway_server.auth.JupyterHubAuthenticator"
     c.JupyterHubAuthenticator.jupyterhub_api_url = addresses(runtime)["hub_api_url"]
@@ -345,12 +201,7 @@ def configure_gateway(c, runtime: dict) -> None:
 
     def options_handler(options, user):
         config = {"worker_cores": options.worker_cores, "worker_memory": int(options.worker_memory * 2**30)}
-        if kube:  # the user's own mounts and ids, from the catalog at the time the cluster starts
-            from analysis_lib.catalog import load_catalog
-
-            from .kube import dask_pod_config
-
-            config.update(dask_pod_config(load_catalog(runtime["paths"]["catalog"]), user.name, s, environment))
+        config.update(platform.cluster_config(runtime, user.name, environment))
         return config
 
     max_mem = parse_bytes(str(dask["max_memory"])) / 2**30

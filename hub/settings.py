@@ -33,7 +33,7 @@ DEFAULTS: dict = {
     "auth": {
         "type": "passwords",  # "passwords" (hashed, per user) or "oidc"
         "admin_users": None,  # default: ["admin"] with passwords, none with OIDC (use oidc.admin_groups)
-        "passwords_file": None,  # default: state_dir/passwords.yaml (demo users are added on first run)
+        "passwords_file": None,  # default: state_dir/secrets/passwords.yaml (demo users: first run, demo data only)
         "oidc": {
             "authorize_url": None,
             "token_url": None,
