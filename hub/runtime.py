@@ -98,14 +98,10 @@ def configure_hub(c, runtime: dict, python: str) -> None:
         oidc = auth["oidc"]
         c.JupyterHub.authenticator_class = "generic-oauth"
         g = c.GenericOAuthenticator
-        g.client_id = oidc["client_id"]
-        g.client_secret = oidc["client_secret"]
-        g.authorize_url = oidc["authorize_url"]
-        g.token_url = oidc["token_url"]
-        g.userdata_url = oidc["userdata_url"]
+        for key in ("client_id", "client_secret", "authorize_url", "token_url", "userdata_url", "username_claim",
+                    "login_service"):  # the settings' names are GenericOAuthenticator's
+            setattr(g, key, oidc[key])
         g.scope = list(oidc["scope"])
-        g.username_claim = oidc["username_claim"]
-        g.login_service = oidc["login_service"]
         g.oauth_callback_url = f"{public_url(runtime)}/hub/oauth_callback"
         g.manage_groups = True
         g.auth_state_groups_key = f"oauth_user.{oidc['groups_claim']}"
