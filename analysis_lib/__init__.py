@@ -34,6 +34,7 @@ from ._errors import (
 # The rest loads on first use: the guarded probe process imports this package
 # too and must start fast, without xarray, dask or pyFAI.
 _LAZY = {
+    "Policy": "._access",
     "beamtimes": "._access",
     "resolve": "._access",
     "cluster": "._cluster",
@@ -72,6 +73,7 @@ __all__ = [
     "CorruptChunkError",
     "DataError",
     "NexusStructureError",
+    "Policy",
     "NotHDF5Error",
     "ProbeFailedError",
     "TooLargeError",

@@ -17,11 +17,11 @@ from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
 from . import _audit, _config
-from ._access import Boundary
+from ._access import Boundary, Policy
 from ._chunks import reader_for
 from ._layout import FileDescription
 from ._probe import describe, tree
-from .catalog import CATALOG_ENV, current_user, load_catalog
+from .catalog import CATALOG_ENV, current_user
 
 SOURCE_ATTR = "beamside_source"  # provenance: the real path a result came from
 
@@ -46,10 +46,8 @@ def access_policy(path, *, user=None, catalog=None) -> tuple[str, Boundary]:
     one (a laptop, a test), links may not leave the file's own folder.
     """
     if catalog is not None or os.environ.get(CATALOG_ENV):
-        cat = load_catalog(catalog)
-        who = current_user(user)
-        real = cat.resolve(path, who)
-        return str(real), Boundary(bt.real_path for bt in cat.readable(who))
+        policy, who = Policy(catalog), current_user(user)
+        return str(policy.resolve(path, who)), policy.boundary(who)
     real = os.path.realpath(os.path.expanduser(os.fspath(path)))
     return real, Boundary([os.path.dirname(real)])
 

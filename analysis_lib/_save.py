@@ -35,8 +35,9 @@ import h5py
 import numpy as np
 import xarray as xr
 
+from ._access import Policy
 from ._errors import AccessDenied
-from .catalog import CATALOG_ENV, Catalog, current_user, load_catalog
+from .catalog import CATALOG_ENV, Catalog, current_user
 
 __all__ = ["save"]
 
@@ -123,7 +124,7 @@ def _refuse_inside_data(target: Path, catalog: Catalog | str | os.PathLike | Non
     """
     if catalog is None and not os.environ.get(CATALOG_ENV):
         return
-    if load_catalog(catalog).inside_data(target.parent):
+    if not Policy(catalog).may_write(target.parent):
         raise AccessDenied(
             f"cannot save to {str(target)!r}: {os.path.realpath(target.parent)!r} is inside beamtime data, "
             f"which is read-only for analysis; save results in your own space, e.g. under {str(Path.home())!r}"

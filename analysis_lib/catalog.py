@@ -147,6 +147,22 @@ class Catalog:
         """The beamtimes ``user`` may read now (or at ``now``), in catalog order."""
         return [bt for bt in self.beamtimes if bt.readable_by(user, now)]
 
+    def view_for(self, user: str) -> dict:
+        """The catalog as ``user`` may see it (a catalog document itself): only their beamtimes, only
+        their own membership; confidential ids of others never appear. What a user's sandbox or pod
+        holds instead of the facility's catalog."""
+        beamtimes = []
+        for bt in self.readable(user):
+            beamtimes.append({
+                "id": bt.id,
+                "title": bt.title,
+                "path": os.path.relpath(bt.path, self.data_root),
+                "confidential": bt.confidential,
+                "members": [{"user": m.user, "role": m.role, **({"until": m.until} if m.until else {})}
+                            for m in bt.members if m.user == user],
+            })
+        return {"data_root": str(self.data_root), "beamtimes": beamtimes}
+
     def find(self, beamtime_id: str, user: str) -> Beamtime:
         """The beamtime ``beamtime_id`` if ``user`` may read it, else ``AccessDenied``.
 

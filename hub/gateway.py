@@ -28,7 +28,7 @@ from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.local import LocalBackend, wait_is_shutdown
 from traitlets import Float, Integer
 
-from analysis_lib.catalog import load_catalog
+from analysis_lib import Policy
 
 from . import rootfs, sandbox
 from .accounts import ensure_account
@@ -158,7 +158,7 @@ class BeamsideBackend(sandbox.Sandboxed, LocalBackend):
 
     # -- access ends: revoked beamtimes, maximum age ------------------------------------------
     def _granted(self, username: str) -> list[str]:
-        return sorted(bt.id for bt in load_catalog(self.catalog).readable(username))
+        return Policy(self.catalog).granted(username)
 
     async def do_start_cluster(self, cluster):
         granted = self._granted(cluster.username)

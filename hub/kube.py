@@ -37,7 +37,7 @@ from traitlets import Bool, Dict, Unicode
 
 from analysis_lib.catalog import Catalog, load_catalog
 
-from .sandbox import IN_SANDBOX_CATALOG, user_catalog
+from .platform import USER_CATALOG
 
 FACILITY_VOLUME = "beamtimes"
 HOME_VOLUME = "home"
@@ -102,17 +102,17 @@ def user_pod(catalog: Catalog, user: str, settings: dict, home: dict | None) -> 
     for pods that get no home (Dask pods when homes are per-user PVCs,
     which only one node can mount).
     """
-    mine = user_catalog(catalog, user)
+    mine = catalog.view_for(user)
     pod = UserPod(
         volumes=[facility_volume(settings["data"]["volume"]),
                  {"name": CATALOG_VOLUME, "downwardAPI": {"items": [
-                     {"path": os.path.basename(IN_SANDBOX_CATALOG),
+                     {"path": os.path.basename(USER_CATALOG),
                       "fieldRef": {"fieldPath": f"metadata.annotations['{CATALOG_ANNOTATION}']"}}]}}],
         mounts=[{"name": FACILITY_VOLUME, "mountPath": os.path.join(mine["data_root"], bt["path"]),
                  "subPath": bt["path"], "readOnly": True} for bt in mine["beamtimes"]]
-        + [{"name": CATALOG_VOLUME, "mountPath": os.path.dirname(IN_SANDBOX_CATALOG), "readOnly": True}],
+        + [{"name": CATALOG_VOLUME, "mountPath": os.path.dirname(USER_CATALOG), "readOnly": True}],
         annotations={CATALOG_ANNOTATION: yaml.safe_dump(mine, sort_keys=False)},
-        env={"BEAMSIDE_CATALOG": IN_SANDBOX_CATALOG, "JUPYTERHUB_USER": user},
+        env={"BEAMSIDE_CATALOG": USER_CATALOG, "JUPYTERHUB_USER": user},
     )
     if home is not None:
         pod.volumes.append(home)

@@ -30,6 +30,10 @@ from __future__ import annotations
 import importlib
 import os
 
+# Where a user's server and Dask processes find their own view of the catalog, on every platform
+# (a folder: a catalog replaced on the host shows in running sandboxes)
+USER_CATALOG_DIR = "/run/beamside/catalog"
+USER_CATALOG = f"{USER_CATALOG_DIR}/catalog.yaml"
 MALLOC_TRIM_ENV = {"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_": "None"}
 
 

@@ -25,13 +25,13 @@ from pathlib import Path
 import yaml
 from traitlets import Bool, HasTraits, List, Unicode
 
+from analysis_lib import Policy
 from analysis_lib.catalog import Catalog, load_catalog
 
 from . import network, rootfs
+from .platform import USER_CATALOG as IN_SANDBOX_CATALOG, USER_CATALOG_DIR as IN_SANDBOX_CATALOG_DIR
 from .accounts import Account, drop_privileges
 
-IN_SANDBOX_CATALOG_DIR = "/run/beamside/catalog"  # a folder: a catalog replaced on the host shows inside
-IN_SANDBOX_CATALOG = f"{IN_SANDBOX_CATALOG_DIR}/catalog.yaml"
 IN_SANDBOX_AUDIT = "/run/beamside/audit.sock"
 _SYSTEM_LINKS = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
 # The host's /etc holds other users' names (passwd, group), perhaps an admin's settings, catalog or
@@ -108,23 +108,6 @@ def bwrap_argv(spec: SandboxSpec, bwrap: str = "bwrap") -> list[str]:
     return argv
 
 
-def user_catalog(catalog: Catalog, user: str) -> dict:
-    """The catalog as one user may see it: only their beamtimes (confidential ids never leak)."""
-    beamtimes = []
-    for bt in catalog.readable(user):
-        beamtimes.append(
-            {
-                "id": bt.id,
-                "title": bt.title,
-                "path": os.path.relpath(bt.path, catalog.data_root),
-                "confidential": bt.confidential,
-                "members": [{"user": m.user, "role": m.role, **({"until": m.until} if m.until else {})}
-                            for m in bt.members if m.user == user],
-            }
-        )
-    return {"data_root": str(catalog.data_root), "beamtimes": beamtimes}
-
-
 def passwd_lines(account: Account) -> tuple[str, str]:
     """The sandbox's own /etc/passwd and /etc/group: root, nobody and the user, no other hub user."""
     pw, gr = pwd.getpwuid(account.uid), grp.getgrgid(account.gid)
@@ -139,7 +122,7 @@ def write_user_files(catalog: Catalog, account: Account, sandboxes_dir: Path) ->
     catalog in ``catalog/`` (bound as a folder, so a replaced catalog reaches running sandboxes)
     and ``etc/passwd``, ``etc/group``. Written on file descriptors from root's sandboxes folder."""
     passwd, group = passwd_lines(account)
-    text = yaml.safe_dump(user_catalog(catalog, account.hub_name), sort_keys=False).encode()
+    text = yaml.safe_dump(catalog.view_for(account.hub_name), sort_keys=False).encode()
     with rootfs.root_dir(sandboxes_dir) as top:
         user_fd, _ = rootfs.make_dir(top, account.unix_name, mode=0o750, gid=account.gid, exist_ok=True)
         try:
@@ -205,10 +188,6 @@ def _copy_in(source: Path, parent: int, name: str, account: Account) -> None:
         os.close(fd)
 
 
-def beamtime_mounts(catalog: Catalog, user: str) -> list[tuple[Path, Path]]:
-    return [(bt.real_path, Path(bt.path)) for bt in catalog.readable(user)]
-
-
 def find_bwrap() -> str | None:
     return shutil.which("bwrap")
 
@@ -250,7 +229,7 @@ class Sandboxed(HasTraits):
         spec = SandboxSpec(
             home=self.home_of(account.hub_name),
             data_root=catalog.data_root,
-            beamtimes=beamtime_mounts(catalog, account.hub_name),
+            beamtimes=Policy(catalog).mounts(account.hub_name),
             software=[Path(p) for p in self.software_paths],
             catalog_dir=user_dir / "catalog",
             etc_dir=user_dir / "etc",

@@ -29,6 +29,7 @@ from jupyterhub.spawner import LocalProcessSpawner
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets import Unicode
 
+from analysis_lib import Policy
 from analysis_lib.catalog import load_catalog
 
 from . import rootfs, sandbox
@@ -117,7 +118,7 @@ class BeamsideSpawner(sandbox.Sandboxed, LocalProcessSpawner):
 
     # -- access that ended -------------------------------------------------------------
     def _granted(self) -> list[str]:
-        return sorted(bt.id for bt in load_catalog(self.catalog).readable(self.user.name))
+        return Policy(self.catalog).granted(self.user.name)
 
     def get_state(self):
         state = super().get_state()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from analysis_lib import Policy
 from analysis_lib.catalog import Catalog, load_catalog
 from beamside_hub import accounts, sandbox, settings
 
@@ -13,7 +14,7 @@ from beamside_hub import accounts, sandbox, settings
 def spec_for(facility, user) -> tuple[sandbox.SandboxSpec, Catalog]:
     cat = load_catalog(facility)
     spec = sandbox.SandboxSpec(
-        home=Path(f"/homes/{user}"), data_root=cat.data_root, beamtimes=sandbox.beamtime_mounts(cat, user),
+        home=Path(f"/homes/{user}"), data_root=cat.data_root, beamtimes=Policy(cat).mounts(user),
         software=[Path("/opt/venv")], catalog_dir=Path("/srv/sandboxes/x/catalog"), etc_dir=Path("/srv/sandboxes/x/etc"),
         audit_socket=Path("/srv/run/audit.sock"),
     )
@@ -53,7 +54,7 @@ def test_bob_gets_both_of_his_beamtimes(facility):
 
 def test_user_catalog_hides_other_beamtimes_and_members(facility):
     cat = load_catalog(facility)
-    view = sandbox.user_catalog(cat, "alice")
+    view = cat.view_for("alice")
     assert [bt["id"] for bt in view["beamtimes"]] == ["bt-1"]
     assert view["beamtimes"][0]["members"] == [{"user": "alice", "role": "pi"}]
     text = yaml.safe_dump(view)
