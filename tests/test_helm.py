@@ -603,3 +603,118 @@ def test_notebook_pod_for_one_user_is_exactly_this(deployed, monkeypatch):
     assert [name for name, _ in container["env"]] == [name for name, _ in expected_container["env"]]
     assert pod["metadata"] == ALICE_NOTEBOOK_POD["metadata"]
     assert pod == ALICE_NOTEBOOK_POD
+
+
+ALICE_DASK_WORKER_POD = {'apiVersion': 'v1',
+     'kind': 'Pod',
+     'metadata': {'labels': {'app.kubernetes.io/name': 'dask-gateway',
+                             'app.kubernetes.io/version': '<version>',
+                             'gateway.dask.org/instance': 't-gateway',
+                             'gateway.dask.org/cluster': '<cluster>',
+                             'app.kubernetes.io/component': 'dask-worker'},
+                  'annotations': {'beamside.org/catalog': 'data_root: /data\n'
+                                                          'beamtimes:\n'
+                                                          '- id: bt-1001\n'
+                                                          '  title: In-situ XRD of battery cathodes\n'
+                                                          '  path: bt-1001\n'
+                                                          '  confidential: false\n'
+                                                          '  members:\n'
+                                                          '  - user: alice\n'
+                                                          '    role: pi\n'},
+                  'generateName': 'dask-worker-<cluster>-'},
+     'spec': {'containers': [{'name': 'dask-worker',
+                              'image': 'ghcr.io/beamside/singleuser:0.1.0',
+                              'args': ['dask',
+                                       'worker',
+                                       'tls://dask-<cluster>.jhub:8786',
+                                       '--dashboard-address',
+                                       ':8787',
+                                       '--name',
+                                       '$(DASK_GATEWAY_WORKER_NAME)',
+                                       '--nthreads',
+                                       '1',
+                                       '--memory-limit',
+                                       '1000000000'],
+                              'env': [('PYTHONNOUSERSITE', '1'),
+                                      ('DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_',
+                                       'None'),
+                                      ('BEAMSIDE_CATALOG', '/run/beamside/catalog/catalog.yaml'),
+                                      ('JUPYTERHUB_USER', 'alice'),
+                                      ('DASK_GATEWAY_API_URL', 'http://t-gateway-api.jhub:8000/api'),
+                                      ('DASK_GATEWAY_CLUSTER_NAME', 'jhub.<cluster>'),
+                                      ('DASK_GATEWAY_API_TOKEN', '/etc/dask-credentials/api-token'),
+                                      ('DASK_DISTRIBUTED__COMM__TLS__CA_FILE', '/etc/dask-credentials/dask.crt'),
+                                      ('DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__CERT',
+                                       '/etc/dask-credentials/dask.crt'),
+                                      ('DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__KEY',
+                                       '/etc/dask-credentials/dask.pem'),
+                                      ('DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT',
+                                       '/etc/dask-credentials/dask.crt'),
+                                      ('DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY',
+                                       '/etc/dask-credentials/dask.pem'),
+                                      ('DASK_GATEWAY_WORKER_NAME', {'fieldRef': {'fieldPath': 'metadata.name'}})],
+                              'resources': {'requests': {'cpu': '1.000', 'memory': '1000000000'},
+                                            'limits': {'cpu': '1.000', 'memory': '1000000000'}},
+                              'volumeMounts': [{'name': 'dask-credentials',
+                                                'mountPath': '/etc/dask-credentials/',
+                                                'readOnly': True},
+                                               {'name': 'beamtimes',
+                                                'mountPath': '/data/bt-1001',
+                                                'subPath': 'bt-1001',
+                                                'readOnly': True},
+                                               {'name': 'beamside-catalog',
+                                                'mountPath': '/run/beamside/catalog',
+                                                'readOnly': True}],
+                              'ports': [{'name': 'scheduler', 'containerPort': 8786},
+                                        {'name': 'dashboard', 'containerPort': 8787},
+                                        {'name': 'api', 'containerPort': 8788}],
+                              'imagePullPolicy': 'IfNotPresent',
+                              'securityContext': {'runAsNonRoot': True,
+                                                  'runAsUser': 1000,
+                                                  'runAsGroup': 100,
+                                                  'seccompProfile': {'type': 'RuntimeDefault'},
+                                                  'allowPrivilegeEscalation': False,
+                                                  'privileged': False,
+                                                  'capabilities': {'drop': ['ALL']}}}],
+              'volumes': [{'name': 'dask-credentials', 'secret': {'secretName': 'dask-credentials-<cluster>'}},
+                          {'name': 'beamtimes', 'hostPath': {'path': '/srv/beamtimes', 'type': 'Directory'}},
+                          {'name': 'beamside-catalog',
+                           'downwardAPI': {'items': [{'path': 'catalog.yaml',
+                                                      'fieldRef': {'fieldPath': "metadata.annotations['beamside.org/catalog']"}}]}}],
+              'restartPolicy': 'OnFailure',
+              'automountServiceAccountToken': False,
+              'securityContext': {'runAsNonRoot': True,
+                                  'runAsUser': 1000,
+                                  'runAsGroup': 100,
+                                  'seccompProfile': {'type': 'RuntimeDefault'},
+                                  'fsGroup': 100,
+                                  'fsGroupChangePolicy': 'OnRootMismatch'}}}
+
+
+def test_dask_worker_pod_for_one_user_is_exactly_this(deployed, monkeypatch):
+    """The whole worker pod the gateway's controller would create for alice's cluster, compared with a
+    literal (the random cluster name and dask-gateway's version normalised)."""
+    from dask_gateway_server.models import User
+    from dask_gateway_server.utils import FrozenAttrDict
+
+    from beamside_hub.kube import BeamsideKubeBackend, BeamsideKubeController
+
+    cfg = load_config(REPO / "hub" / "dask_gateway_config.py", deployed, monkeypatch, pod="t-gateway-api")
+    backend = BeamsideKubeBackend(config=cfg)
+    options, config = asyncio.run(backend.process_cluster_options(User("alice", set(), False), {}))
+    cluster = json.loads(json.dumps(backend.make_cluster_object("alice", options, config)))
+    controller = BeamsideKubeController(config=load_config(REPO / "hub" / "dask_gateway_config.py", deployed,
+                                                           monkeypatch, pod="t-gateway-controller"))
+    name = cluster["metadata"]["name"]
+    pod = controller.make_pod(NAMESPACE, name, FrozenAttrDict(cluster["spec"]["config"]), is_worker=True)
+    pod = json.loads(json.dumps(pod).replace(name, "<cluster>"))
+    pod["metadata"]["labels"]["app.kubernetes.io/version"] = "<version>"
+    for c in pod["spec"]["containers"]:
+        c["env"] = [(e["name"], e.get("value", e.get("valueFrom"))) for e in c["env"]]
+    container, = pod["spec"]["containers"]
+    expected_container, = ALICE_DASK_WORKER_POD["spec"]["containers"]
+    assert container["securityContext"] == expected_container["securityContext"]
+    assert container["volumeMounts"] == expected_container["volumeMounts"]
+    assert pod["spec"]["volumes"] == ALICE_DASK_WORKER_POD["spec"]["volumes"]
+    assert [name for name, _ in container["env"]] == [name for name, _ in expected_container["env"]]
+    assert pod == ALICE_DASK_WORKER_POD
