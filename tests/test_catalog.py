@@ -165,10 +165,20 @@ def test_no_catalog_configured_is_explained():
 
 
 def test_catalog_changes_take_effect_without_restart(facility):
+    """An edit is seen by the next call, even one that keeps the file's size within the filesystem's mtime tick."""
     assert ids(al.beamtimes("alice", catalog=str(facility))) == ["bt-1"]
-    text = facility.read_text().replace("{user: alice, role: pi}", "{user: erin, role: pi}")
-    facility.write_text(text + "\n")
+    before = facility.stat()
+    # same length ("alice" -> "erin" + one more newline), so only the modification time tells the edit apart
+    text = facility.read_text().replace("{user: alice, role: pi}", "{user: erin, role: pi}") + "\n"
+    facility.write_text(text)
+    assert facility.stat().st_size == before.st_size
+    # a coarse-grained filesystem (1 s or 2 s ticks) may give the edit the old mtime: set a new one explicitly
+    os.utime(facility, ns=(before.st_atime_ns, before.st_mtime_ns + 3_000_000_000))
     assert ids(al.beamtimes("alice", catalog=str(facility))) == []
+    # and back: the restored text is seen too, the mtime set backwards this time
+    facility.write_text(text.replace("{user: erin, role: pi}", "{user: alice, role: pi}")[:-1])
+    os.utime(facility, ns=(before.st_atime_ns, before.st_mtime_ns - 3_000_000_000))
+    assert ids(al.beamtimes("alice", catalog=str(facility))) == ["bt-1"]
 
 
 def catalog_of_paths(tmp_path, *paths: str) -> dict:

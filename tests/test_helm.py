@@ -472,3 +472,249 @@ def test_every_value_is_documented():
     bare = [line for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith(("#", "-"))
             and "#" not in line and not lines[i - 1].lstrip().startswith("#")]
     assert not bare, f"helm/beamside/values.yaml keys without a comment: {bare}"
+
+
+# -- whole objects: the notebook pod, literally ------------------------------------------------
+
+def normalised(pod: dict) -> dict:
+    """``pod`` with what changes between releases or spawns replaced by placeholders, env as (name, value) pairs."""
+    pod = json.loads(json.dumps(pod))
+    for key in pod["metadata"]["annotations"]:
+        if key.endswith("-version"):
+            pod["metadata"]["annotations"][key] = "<version>"
+    for c in pod["spec"]["containers"]:
+        c["env"] = [(e["name"], "<token>" if e["name"].endswith("API_TOKEN") else e.get("value", e.get("valueFrom")))
+                    for e in c["env"]]
+    return pod
+
+
+ALICE_NOTEBOOK_POD = {'apiVersion': 'v1',
+     'kind': 'Pod',
+     'metadata': {'annotations': {'beamside.org/catalog': 'data_root: /data\n'
+                                                          'beamtimes:\n'
+                                                          '- id: bt-1001\n'
+                                                          '  title: In-situ XRD of battery cathodes\n'
+                                                          '  path: bt-1001\n'
+                                                          '  confidential: false\n'
+                                                          '  members:\n'
+                                                          '  - user: alice\n'
+                                                          '    role: pi\n',
+                                  'hub.jupyter.org/jupyterhub-version': '<version>',
+                                  'hub.jupyter.org/kubespawner-version': '<version>',
+                                  'hub.jupyter.org/username': 'alice'},
+                  'labels': {'app': 'jupyterhub',
+                             'app.kubernetes.io/component': 'singleuser-server',
+                             'app.kubernetes.io/managed-by': 'kubespawner',
+                             'app.kubernetes.io/name': 'jupyterhub',
+                             'beamside.org/component': 'singleuser',
+                             'beamside.org/instance': 't',
+                             'component': 'singleuser-server',
+                             'heritage': 'jupyterhub',
+                             'hub.jupyter.org/servername': '',
+                             'hub.jupyter.org/username': 'alice'},
+                  'name': 'jupyter-alice'},
+     'spec': {'automountServiceAccountToken': False,
+              'containers': [{'args': ['jupyterhub-singleuser'],
+                              'env': [('CPU_GUARANTEE', '0.1'),
+                                      ('CPU_LIMIT', '4.0'),
+                                      ('DASK_GATEWAY__ADDRESS',
+                                       'http://t-proxy-public.jhub:80/services/dask-gateway'),
+                                      ('DASK_GATEWAY__AUTH__TYPE', 'jupyterhub'),
+                                      ('DASK_GATEWAY__PROXY_ADDRESS', 'gateway://t-gateway.jhub:8786'),
+                                      ('DASK_GATEWAY__PUBLIC_ADDRESS', '/services/dask-gateway/'),
+                                      ('JPY_API_TOKEN', '<token>'),
+                                      ('JUPYTERHUB_ACTIVITY_URL',
+                                       'http://t-hub.jhub:8081/hub/api/users/alice/activity'),
+                                      ('JUPYTERHUB_API_TOKEN', '<token>'),
+                                      ('JUPYTERHUB_API_URL', 'http://t-hub.jhub:8081/hub/api'),
+                                      ('JUPYTERHUB_BASE_URL', '/'),
+                                      ('JUPYTERHUB_CLIENT_ID', ''),
+                                      ('JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED', '0'),
+                                      ('JUPYTERHUB_DEFAULT_URL', '/lab'),
+                                      ('JUPYTERHUB_HOST', ''),
+                                      ('JUPYTERHUB_OAUTH_ACCESS_SCOPES',
+                                       '["access:servers!server=alice/", "access:servers!user=alice"]'),
+                                      ('JUPYTERHUB_OAUTH_CALLBACK_URL', '/user/alice/oauth_callback'),
+                                      ('JUPYTERHUB_OAUTH_CLIENT_ALLOWED_SCOPES', '[]'),
+                                      ('JUPYTERHUB_OAUTH_SCOPES',
+                                       '["access:servers!server=alice/", "access:servers!user=alice"]'),
+                                      ('JUPYTERHUB_PUBLIC_HUB_URL', ''),
+                                      ('JUPYTERHUB_PUBLIC_URL', ''),
+                                      ('JUPYTERHUB_SERVER_NAME', ''),
+                                      ('JUPYTERHUB_SERVICE_URL', 'http://0.0.0.0:8888/'),
+                                      ('JUPYTERHUB_USER', 'alice'),
+                                      ('JUPYTER_IMAGE', 'ghcr.io/beamside/singleuser:0.1.0'),
+                                      ('JUPYTER_IMAGE_SPEC', 'ghcr.io/beamside/singleuser:0.1.0'),
+                                      ('MEM_GUARANTEE', '536870912'),
+                                      ('MEM_LIMIT', '2147483648'),
+                                      ('PYTHONNOUSERSITE', '1'),
+                                      ('BEAMSIDE_CATALOG', '/run/beamside/catalog/catalog.yaml'),
+                                      ('JUPYTERHUB_USER', 'alice'),  # set twice: KubeSpawner's, then beamside's
+                                      ('HOME', '/home/user')],
+                              'image': 'ghcr.io/beamside/singleuser:0.1.0',
+                              'imagePullPolicy': 'IfNotPresent',
+                              'lifecycle': {},
+                              'name': 'notebook',
+                              'ports': [{'containerPort': 8888, 'name': 'notebook-port'}],
+                              'resources': {'limits': {'cpu': 4.0, 'memory': 2147483648},
+                                            'requests': {'cpu': 0.1, 'memory': 536870912}},
+                              'securityContext': {'allowPrivilegeEscalation': False,
+                                                  'capabilities': {'drop': ['ALL']},
+                                                  'privileged': False,
+                                                  'runAsGroup': 100,
+                                                  'runAsNonRoot': True,
+                                                  'runAsUser': 1000,
+                                                  'seccompProfile': {'type': 'RuntimeDefault'}},
+                              'volumeMounts': [{'mountPath': '/data/bt-1001',
+                                                'name': 'beamtimes',
+                                                'readOnly': True,
+                                                'subPath': 'bt-1001'},
+                                               {'mountPath': '/run/beamside/catalog',
+                                                'name': 'beamside-catalog',
+                                                'readOnly': True},
+                                               {'mountPath': '/home/user', 'name': 'home'}],
+                              'workingDir': '/home/user'}],
+              'imagePullSecrets': [],
+              'restartPolicy': 'OnFailure',
+              'securityContext': {'fsGroup': 100,
+                                  'fsGroupChangePolicy': 'OnRootMismatch',
+                                  'runAsGroup': 100,
+                                  'runAsNonRoot': True,
+                                  'runAsUser': 1000,
+                                  'seccompProfile': {'type': 'RuntimeDefault'}},
+              'volumes': [{'hostPath': {'path': '/srv/beamtimes', 'type': 'Directory'}, 'name': 'beamtimes'},
+                          {'downwardAPI': {'items': [{'fieldRef': {'fieldPath': "metadata.annotations['beamside.org/catalog']"},
+                                                      'path': 'catalog.yaml'}]},
+                           'name': 'beamside-catalog'},
+                          {'name': 'home', 'persistentVolumeClaim': {'claimName': 'home-alice'}}]}}
+
+
+def test_notebook_pod_for_one_user_is_exactly_this(deployed, monkeypatch):
+    """The whole pod KubeSpawner would create for alice (bt-1001 only), compared with a literal: a field
+    added, dropped or changed anywhere - a mount, a capability, an env key, a label a policy selects on - fails."""
+    cfg = load_config(REPO / "hub" / "jupyterhub_config.py", deployed, monkeypatch)
+    pod = normalised(notebook_pod(cfg, "alice"))
+    # compared piece by piece first, so a failure names the part that differs
+    container, = pod["spec"]["containers"]
+    expected_container, = ALICE_NOTEBOOK_POD["spec"]["containers"]
+    assert container["securityContext"] == expected_container["securityContext"]
+    assert container["volumeMounts"] == expected_container["volumeMounts"]
+    assert pod["spec"]["volumes"] == ALICE_NOTEBOOK_POD["spec"]["volumes"]
+    assert [name for name, _ in container["env"]] == [name for name, _ in expected_container["env"]]
+    assert pod["metadata"] == ALICE_NOTEBOOK_POD["metadata"]
+    assert pod == ALICE_NOTEBOOK_POD
+
+
+ALICE_DASK_WORKER_POD = {'apiVersion': 'v1',
+     'kind': 'Pod',
+     'metadata': {'labels': {'app.kubernetes.io/name': 'dask-gateway',
+                             'app.kubernetes.io/version': '<version>',
+                             'gateway.dask.org/instance': 't-gateway',
+                             'gateway.dask.org/cluster': '<cluster>',
+                             'app.kubernetes.io/component': 'dask-worker'},
+                  'annotations': {'beamside.org/catalog': 'data_root: /data\n'
+                                                          'beamtimes:\n'
+                                                          '- id: bt-1001\n'
+                                                          '  title: In-situ XRD of battery cathodes\n'
+                                                          '  path: bt-1001\n'
+                                                          '  confidential: false\n'
+                                                          '  members:\n'
+                                                          '  - user: alice\n'
+                                                          '    role: pi\n'},
+                  'generateName': 'dask-worker-<cluster>-'},
+     'spec': {'containers': [{'name': 'dask-worker',
+                              'image': 'ghcr.io/beamside/singleuser:0.1.0',
+                              'args': ['dask',
+                                       'worker',
+                                       'tls://dask-<cluster>.jhub:8786',
+                                       '--dashboard-address',
+                                       ':8787',
+                                       '--name',
+                                       '$(DASK_GATEWAY_WORKER_NAME)',
+                                       '--nthreads',
+                                       '1',
+                                       '--memory-limit',
+                                       '1000000000'],
+                              'env': [('PYTHONNOUSERSITE', '1'),
+                                      ('DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_',
+                                       'None'),
+                                      ('BEAMSIDE_CATALOG', '/run/beamside/catalog/catalog.yaml'),
+                                      ('JUPYTERHUB_USER', 'alice'),
+                                      ('DASK_GATEWAY_API_URL', 'http://t-gateway-api.jhub:8000/api'),
+                                      ('DASK_GATEWAY_CLUSTER_NAME', 'jhub.<cluster>'),
+                                      ('DASK_GATEWAY_API_TOKEN', '/etc/dask-credentials/api-token'),
+                                      ('DASK_DISTRIBUTED__COMM__TLS__CA_FILE', '/etc/dask-credentials/dask.crt'),
+                                      ('DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__CERT',
+                                       '/etc/dask-credentials/dask.crt'),
+                                      ('DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__KEY',
+                                       '/etc/dask-credentials/dask.pem'),
+                                      ('DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT',
+                                       '/etc/dask-credentials/dask.crt'),
+                                      ('DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY',
+                                       '/etc/dask-credentials/dask.pem'),
+                                      ('DASK_GATEWAY_WORKER_NAME', {'fieldRef': {'fieldPath': 'metadata.name'}})],
+                              'resources': {'requests': {'cpu': '1.000', 'memory': '1000000000'},
+                                            'limits': {'cpu': '1.000', 'memory': '1000000000'}},
+                              'volumeMounts': [{'name': 'dask-credentials',
+                                                'mountPath': '/etc/dask-credentials/',
+                                                'readOnly': True},
+                                               {'name': 'beamtimes',
+                                                'mountPath': '/data/bt-1001',
+                                                'subPath': 'bt-1001',
+                                                'readOnly': True},
+                                               {'name': 'beamside-catalog',
+                                                'mountPath': '/run/beamside/catalog',
+                                                'readOnly': True}],
+                              'ports': [{'name': 'scheduler', 'containerPort': 8786},
+                                        {'name': 'dashboard', 'containerPort': 8787},
+                                        {'name': 'api', 'containerPort': 8788}],
+                              'imagePullPolicy': 'IfNotPresent',
+                              'securityContext': {'runAsNonRoot': True,
+                                                  'runAsUser': 1000,
+                                                  'runAsGroup': 100,
+                                                  'seccompProfile': {'type': 'RuntimeDefault'},
+                                                  'allowPrivilegeEscalation': False,
+                                                  'privileged': False,
+                                                  'capabilities': {'drop': ['ALL']}}}],
+              'volumes': [{'name': 'dask-credentials', 'secret': {'secretName': 'dask-credentials-<cluster>'}},
+                          {'name': 'beamtimes', 'hostPath': {'path': '/srv/beamtimes', 'type': 'Directory'}},
+                          {'name': 'beamside-catalog',
+                           'downwardAPI': {'items': [{'path': 'catalog.yaml',
+                                                      'fieldRef': {'fieldPath': "metadata.annotations['beamside.org/catalog']"}}]}}],
+              'restartPolicy': 'OnFailure',
+              'automountServiceAccountToken': False,
+              'securityContext': {'runAsNonRoot': True,
+                                  'runAsUser': 1000,
+                                  'runAsGroup': 100,
+                                  'seccompProfile': {'type': 'RuntimeDefault'},
+                                  'fsGroup': 100,
+                                  'fsGroupChangePolicy': 'OnRootMismatch'}}}
+
+
+def test_dask_worker_pod_for_one_user_is_exactly_this(deployed, monkeypatch):
+    """The whole worker pod the gateway's controller would create for alice's cluster, compared with a
+    literal (the random cluster name and dask-gateway's version normalised)."""
+    from dask_gateway_server.models import User
+    from dask_gateway_server.utils import FrozenAttrDict
+
+    from beamside_hub.kube import BeamsideKubeBackend, BeamsideKubeController
+
+    cfg = load_config(REPO / "hub" / "dask_gateway_config.py", deployed, monkeypatch, pod="t-gateway-api")
+    backend = BeamsideKubeBackend(config=cfg)
+    options, config = asyncio.run(backend.process_cluster_options(User("alice", set(), False), {}))
+    cluster = json.loads(json.dumps(backend.make_cluster_object("alice", options, config)))
+    controller = BeamsideKubeController(config=load_config(REPO / "hub" / "dask_gateway_config.py", deployed,
+                                                           monkeypatch, pod="t-gateway-controller"))
+    name = cluster["metadata"]["name"]
+    pod = controller.make_pod(NAMESPACE, name, FrozenAttrDict(cluster["spec"]["config"]), is_worker=True)
+    pod = json.loads(json.dumps(pod).replace(name, "<cluster>"))
+    pod["metadata"]["labels"]["app.kubernetes.io/version"] = "<version>"
+    for c in pod["spec"]["containers"]:
+        c["env"] = [(e["name"], e.get("value", e.get("valueFrom"))) for e in c["env"]]
+    container, = pod["spec"]["containers"]
+    expected_container, = ALICE_DASK_WORKER_POD["spec"]["containers"]
+    assert container["securityContext"] == expected_container["securityContext"]
+    assert container["volumeMounts"] == expected_container["volumeMounts"]
+    assert pod["spec"]["volumes"] == ALICE_DASK_WORKER_POD["spec"]["volumes"]
+    assert [name for name, _ in container["env"]] == [name for name, _ in expected_container["env"]]
+    assert pod == ALICE_DASK_WORKER_POD

@@ -147,8 +147,21 @@ print(repr(np.load("/tmp/mean.npy").sum()))
 
 
 def test_root_folder_keeps_its_owner_after_clusters_ran(dep, alice):
-    # dask-gateway's LocalBackend has chowned "/" to the user through an upstream bug
-    assert os.stat("/").st_uid == 0 and os.stat("/").st_gid == 0
+    # dask-gateway's LocalBackend has chowned "/" to the user through an upstream bug: so this test runs a
+    # cluster of its own (not trusting that other tests ran one first) and checks "/" while and after it runs
+    res = outcome(alice, """
+import os, analysis_lib as al
+root_client = al.cluster(workers=2); root_client.wait_for_workers(2, timeout=180)
+res = {"worker_uids": sorted(set(root_client.run(os.getuid).values())), "sum": root_client.submit(sum, [1, 2]).result()}
+""")
+    try:
+        running = os.stat("/")
+        assert res["sum"] == 3 and res["worker_uids"] and 0 not in res["worker_uids"]
+    finally:
+        ok(alice, "root_client.cluster.shutdown(); root_client.close()")
+    after = os.stat("/")
+    assert (running.st_uid, running.st_gid) == (0, 0)
+    assert (after.st_uid, after.st_gid) == (0, 0)
 
 
 # -- isolation ---------------------------------------------------------------------------------
@@ -264,27 +277,67 @@ with Gateway() as gw:
 
 
 def test_a_worker_killed_mid_reduction_gives_the_same_result(dep, alice):
-    out = ok(alice, """
+    import psutil
+
+    marker = f"bs-victim-{os.getpid() % 10000}"  # the victim worker's process name, seen from the host
+    before = outcome(alice, f"""
 import os, time, numpy as np, analysis_lib as al
-frames = al.open("bt-1001/raw/scan_0001.nxs", chunks={"y": 1})["data"]
+frames = al.open("bt-1001/raw/scan_0001.nxs", chunks={{"y": 1}})["data"]
 expected = al.ops.frame_stats(frames).compute(scheduler="threads")
 def slow(block):
-    time.sleep(0.4)
+    time.sleep(4)  # long enough that the kill below lands while tasks run
     return block
-client = al.cluster(workers=2); client.wait_for_workers(2, timeout=180)
+kill_client = al.cluster(workers=2); kill_client.wait_for_workers(2, timeout=180)
 slowed = frames.copy(data=frames.data.map_blocks(slow, dtype=frames.dtype))
-future = client.compute(al.ops.frame_stats(slowed))
-time.sleep(1.5)
-victim = sorted(client.scheduler_info()["workers"])[0]
+kill_future = kill_client.compute(al.ops.frame_stats(slowed))
+victim = sorted(kill_client.scheduler_info()["workers"])[0]
+def mark():
+    with open("/proc/self/comm", "w") as f:
+        f.write({marker!r})
+kill_client.run(mark, workers=[victim])
+deadline = time.time() + 60
+while not kill_client.processing([victim])[victim] and time.time() < deadline:
+    time.sleep(0.05)
+res = {{"victim": victim, "processing": len(kill_client.processing([victim])[victim]), "done": kill_future.done()}}
+""")
+    assert before["processing"] > 0 and before["done"] is False, before  # the victim holds work of this reduction
+    victims = [p for p in psutil.process_iter(["name"]) if p.info["name"] == marker]
+    assert len(victims) == 1, victims
+    victim_pid = victims[0].pid
+    try:
+        killed = outcome(alice, """
 async def die():
     os._exit(1)
-client.run(die, workers=[victim], wait=False)
-result = future.result(timeout=300)
-print("same", bool((result["sum"].values == expected["sum"].values).all() and (result["max"].values == expected["max"].values).all()))
-print("killed", victim not in client.scheduler_info()["workers"])
-client.cluster.shutdown(); client.close()
+kill_client.run(die, workers=[victim], wait=False)
+deadline = time.time() + 60
+while victim in kill_client.scheduler_info()["workers"] and time.time() < deadline:
+    time.sleep(0.05)
+res = {"lost": victim not in kill_client.scheduler_info()["workers"], "done_when_lost": kill_future.done()}
 """)
-    assert "same True" in out
+        # the scheduler lost the worker while the reduction was still running
+        assert killed == {"lost": True, "done_when_lost": False}, killed
+        deadline = time.time() + 30
+        while time.time() < deadline and _alive(victim_pid, marker):
+            time.sleep(0.1)
+        assert not _alive(victim_pid, marker), f"worker process {victim_pid} outlived its kill"
+        after = outcome(alice, """
+result = kill_future.result(timeout=300)
+res = {"same": bool((result["sum"].values == expected["sum"].values).all() and (result["max"].values == expected["max"].values).all()),
+       "workers": len(kill_client.scheduler_info()["workers"])}
+""")
+        assert after["same"] is True, after
+    finally:
+        ok(alice, "kill_client.cluster.shutdown(); kill_client.close()")
+
+
+def _alive(pid: int, name: str) -> bool:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        return p.name() == name and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_audit_log_records_who_opened_what(dep, alice):

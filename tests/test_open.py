@@ -60,14 +60,24 @@ def test_nexus_default_chain_axes_units(tmp_path):
 
 
 def test_opening_reads_metadata_only(tmp_path):
-    """A stack whose chunks were never written opens instantly: nothing but metadata is touched."""
-    path = tmp_path / "big.nxs"
-    with h5py.File(path, "w") as f:
-        f.create_dataset("frames", shape=(100_000, 1062, 1028), dtype="uint32", chunks=(1, 1062, 1028),
-                         **hdf5plugin.Bitshuffle(cname="lz4"))
-    ds = al.open(path, dataset="/frames")
-    assert ds["frames"].nbytes > 400e9
-    assert ds["frames"][5, :2, :3].values.tolist() == [[0, 0, 0], [0, 0, 0]]  # fill value
+    """Opening touches nothing but metadata: a stack whose every chunk is written, then overwritten with
+    garbage, still opens (shape, dtype, attributes, chunking) - only computing reads, and fails on, the chunks."""
+    frames = np.random.default_rng(2).poisson(50, (64, 256, 256)).astype(np.uint32)  # 16 MiB, ~3.3 MiB stored
+    path = write_stack(tmp_path / "big.nxs", frames)
+    with h5py.File(path) as f:
+        d = f["/entry/data/data"]
+        chunks = [d.id.get_chunk_info(i) for i in range(d.id.get_num_chunks())]
+    assert len(chunks) == 64 and sum(c.size for c in chunks) > 3 * 2**20  # really written, and not small
+    with open(path, "r+b") as f:
+        for c in chunks:
+            f.seek(c.byte_offset)
+            f.write(b"\xff" * c.size)  # a bitshuffle header declaring 2**64 - 1 bytes: no decoder accepts it
+    ds = al.open(path)
+    arr = ds["data"]
+    assert arr.shape == frames.shape and arr.dtype == np.uint32 and arr.attrs["units"] == "counts"
+    assert arr.data.chunksize[1:] == (256, 256)
+    with pytest.raises(al.CorruptChunkError, match=r"chunk at \(5, 0, 0\)"):
+        arr[5].values
 
 
 def test_auto_chunks_are_whole_hdf5_chunks_frame_axis_first(tmp_path):

@@ -620,17 +620,35 @@ def test_bin_sums_float_frames_in_float64():
 
 
 @pytest.mark.parametrize(
-    ("chunks", "factor", "frame_factor"),
-    [pytest.param((1, 4, 4), 5, 1, id="image-window"), pytest.param((1, 1, 1), 1, 4, id="frame-window")],
+    ("chunks", "factor", "frame_factor", "too_big"),
+    [
+        pytest.param((1, 4, 4), 5, 1, ["row", "column"], id="image-window"),
+        pytest.param((1, 1, 1), 1, 4, ["frame"], id="frame-window"),
+        pytest.param((1, 4, 4), 5, 4, ["row", "column", "frame"], id="both-windows"),
+    ],
 )
-def test_bin_window_larger_than_the_stack(chunks, factor, frame_factor):
+def test_bin_window_larger_than_the_stack(chunks, factor, frame_factor, too_big):
+    """A window larger than the stack is refused, naming the dimensions (rather than numpy's empty result)."""
     arr = np.ones((3, 4, 4), dtype=np.uint16)
     frames = xr.DataArray(da.from_array(arr, chunks=chunks), dims=("frame",) + IMAGE_DIMS)
-    try:
-        binned = ops.bin(frames, factor, frame_factor=frame_factor)
-    except ValueError:
-        return  # refusing clearly is as good as numpy's empty result
-    np.testing.assert_array_equal(binned.values, _bin_reference(arr, factor, frame_factor))
+    with pytest.raises(ValueError, match="binning window larger than the data") as err:
+        ops.bin(frames, factor, frame_factor=frame_factor)
+    assert re.search(r"along \[([^\]]*)\]", str(err.value)).group(1) == ", ".join(map(repr, too_big))
+
+
+@pytest.mark.parametrize(
+    ("chunks", "factor", "frame_factor"),
+    [pytest.param((1, 4, 4), 4, 1, id="image-window"), pytest.param((1, 1, 1), 1, 3, id="frame-window"),
+     pytest.param((2, 3, 3), 4, 3, id="both-windows")],
+)
+def test_bin_window_as_large_as_the_stack(chunks, factor, frame_factor):
+    """The largest windows still allowed give numpy's result: one pixel (or frame) along that dimension."""
+    arr = np.arange(3 * 4 * 4, dtype=np.uint16).reshape(3, 4, 4)
+    frames = xr.DataArray(da.from_array(arr, chunks=chunks), dims=("frame",) + IMAGE_DIMS)
+    binned = ops.bin(frames, factor, frame_factor=frame_factor)
+    expected = _bin_reference(arr, factor, frame_factor)
+    assert binned.shape == expected.shape
+    np.testing.assert_array_equal(binned.values, expected)
 
 
 def test_fused_reductions_read_frames_straight_from_the_file(tmp_path):
