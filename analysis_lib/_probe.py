@@ -38,9 +38,9 @@ from ._errors import (
     ProbeFailedError,
     TooLargeError,
     TruncatedFileError,
-    UnknownFilterError,
 )
-from ._layout import ChunkIndex, FileDescription, Filter, StoredArray, Variable
+from ._filters import check_available, pipeline
+from ._layout import ChunkIndex, FileDescription, StoredArray, Variable
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _MAX_LINK_DEPTH = 16
@@ -359,11 +359,8 @@ class _Inspector:
             chunk_bytes = int(_prod(chunks)) * dtype.itemsize
             if chunk_bytes > self.limits["chunk-bytes"]:
                 raise TooLargeError(f"one chunk {chunks} is {chunk_bytes} bytes, beyond beamside.limits.chunk-bytes", **where)
-            filters = tuple(
-                Filter(int(fid), _name(fname), tuple(int(p) for p in params))
-                for fid, flags, params, fname in (dcpl.get_filter(i) for i in range(dcpl.get_nfilters()))
-            )
-            self._check_filters(filters, where)
+            filters = pipeline(dcpl)
+            check_available(filters, where)
             return StoredArray(
                 layout="chunked", chunks=chunks, filters=filters, index=self._chunk_index(dset, f, chunks), **base
             )
@@ -373,18 +370,6 @@ class _Inspector:
                 self._check_within_file(f, offset + nbytes, **where)
             return StoredArray(layout="contiguous", segments=(() if offset is None else ((base["file"], offset, nbytes),)), **base)
         return StoredArray(layout="compact", **base)
-
-    def _check_filters(self, filters, where):
-        import hdf5plugin  # noqa: F401  (registers the detector filters HDF5 may use)
-
-        from ._chunks import SUPPORTED_FILTERS
-
-        for f in filters:
-            if f.id not in SUPPORTED_FILTERS and not self.h5py.h5z.filter_avail(f.id):
-                raise UnknownFilterError(
-                    f"compressed with HDF5 filter {f.id} ({f.name or 'unnamed'}), which no installed plugin decodes",
-                    **where,
-                )
 
     def _chunk_index(self, dset, f, chunks) -> ChunkIndex:
         import numpy as np
@@ -481,10 +466,6 @@ def _classify_open_error(exc: OSError, path: str) -> DataError:
     if "file signature not found" in text:
         return NotHDF5Error("not an HDF5/NeXus file", file=path)
     return DataError(f"HDF5 cannot open it: {text}", file=path)
-
-
-def _name(fname) -> str:
-    return fname.decode(errors="replace") if isinstance(fname, bytes) else str(fname)
 
 
 def _prod(values) -> int:
@@ -589,7 +570,7 @@ class _Describer(_Inspector):
                         shape=list(obj.shape or ()),
                         dtype=str(obj.dtype),
                         chunks=list(obj.chunks) if obj.chunks else None,
-                        filters=[_name(dcpl.get_filter(i)[3]) or str(dcpl.get_filter(i)[0]) for i in range(dcpl.get_nfilters())],
+                        filters=[f.name or str(f.id) for f in pipeline(dcpl)],
                         virtual=bool(obj.is_virtual),
                         external=bool(obj.external),
                         units=self.attr(obj, "units"),
