@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from . import ops
+from ._integrator import integrate1d
 
 __all__ = ["FrameViewer", "view"]
 
@@ -243,7 +244,7 @@ def roi_series(frames: xr.DataArray, roi: tuple[int, int, int, int]) -> np.ndarr
 def radial_profile(frame: np.ndarray, poni, *, mask: np.ndarray | None = None, npt: int = RADIAL_POINTS,
                    unit: str = RADIAL_UNIT):
     """The azimuthally integrated profile of one frame: (radial values, intensity, radial axis label)."""
-    result = ops.integrate1d(poni, np.asarray(frame), npt, unit, mask)
+    result = integrate1d(poni, np.asarray(frame), npt, unit, mask)
     symbol = str(getattr(result.unit, "unit_symbol", "") or "").strip("$")
     name = str(getattr(result.unit, "name", unit)).split("_")[0]
     return result.radial, result.intensity, f"{name} (${symbol}$)" if symbol else name  # mathtext: nm^{-1} as a superscript
