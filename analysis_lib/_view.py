@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 
 from . import ops
+from ._calibration import find_pixel_mask, find_poni
 from ._integrator import integrate1d
 from ._render import COLORMAPS, MIME, Look, frame_at, frame_count, frame_label, line_plot, render_frame, scan_axis
 
@@ -51,37 +52,6 @@ def radial_profile(frame: np.ndarray, poni, *, mask: np.ndarray | None = None, n
     symbol = str(getattr(result.unit, "unit_symbol", "") or "").strip("$")
     name = str(getattr(result.unit, "name", unit)).split("_")[0]
     return result.radial, result.intensity, f"{name} (${symbol}$)" if symbol else name  # mathtext: nm^{-1} as a superscript
-
-
-# ---------------------------------------------------------------------------
-# what lies beside the data
-# ---------------------------------------------------------------------------
-def find_poni(frames: xr.DataArray) -> Path | None:
-    """The beamtime's PONI geometry, ``<beamtime>/calib/*.poni``, found from the file the frames came from."""
-    source = frames.attrs.get("beamside_source")
-    if not source:
-        return None
-    for folder in list(Path(source).parents)[:4]:  # <beamtime>/raw[/run]/file: a few levels up at most
-        found = sorted(folder.glob("calib/*.poni"))
-        if found:
-            return found[0]
-    return None
-
-
-def find_pixel_mask(frames: xr.DataArray) -> np.ndarray | None:
-    """The detector's NeXus ``pixel_mask`` from the frames' own file, if it has one."""
-    source = frames.attrs.get("beamside_source")
-    if not source:
-        return None
-    from ._errors import BeamsideError
-    from ._open import open as open_beamtime_file
-
-    try:
-        found = open_beamtime_file(source, dataset="/entry/instrument/detector/pixel_mask", chunks=None)
-    except (BeamsideError, KeyError, OSError):  # no mask there, or not ours to read: show every pixel
-        return None
-    mask = found[next(iter(found.data_vars))].values
-    return mask if mask.shape == tuple(frames.shape[-2:]) else None
 
 
 # ---------------------------------------------------------------------------
@@ -274,8 +244,9 @@ def view(obj, *, poni=None, mask=None) -> FrameViewer:
     """View a frame stack (Dataset or DataArray) in a notebook; only rendered images reach the browser.
 
     ``poni`` (a PONI file or pyFAI geometry dict) adds the radial profile of
-    the shown frame; by default the beamtime's ``calib/*.poni`` is used when
-    the data came from a beamtime. ``mask`` is non-zero for bad pixels; by
-    default the detector's NeXus ``pixel_mask`` from the same file.
+    the shown frame; by default the PONI file the data's file names
+    (``@beamside_geometry`` on the signal), else the beamtime's ``calib/*.poni``.
+    ``mask`` is non-zero for bad pixels; by default the NeXus ``pixel_mask`` of
+    the detector the signal belongs to (its ``@target``), from the same file.
     """
     return FrameViewer(obj, poni=poni, mask=mask)

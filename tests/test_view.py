@@ -12,6 +12,7 @@ import xarray as xr
 from PIL import Image
 
 import analysis_lib as al
+from analysis_lib import _calibration as calibration
 from analysis_lib import _render as render
 from analysis_lib import _view as view
 
@@ -161,9 +162,9 @@ def test_geometry_and_pixel_mask_are_found_beside_the_data(tmp_path, stack):
 
     path = write_stack(beamtime / "raw" / "scan.nxs", stack.values[:2], extra=with_mask)
     frames = al.open(path)["data"]
-    assert view.find_poni(frames) == poni
-    np.testing.assert_array_equal(view.find_pixel_mask(frames), mask)
-    assert view.find_poni(stack) is None and view.find_pixel_mask(stack) is None  # nothing says where it came from
+    assert calibration.find_poni(frames) == poni
+    np.testing.assert_array_equal(calibration.find_pixel_mask(frames), mask)
+    assert calibration.find_poni(stack) is None and calibration.find_pixel_mask(stack) is None  # nothing says where it came from
     viewer = al.view(frames)  # the first frame shows before the mask is looked up, then is redrawn with it
     assert viewer.poni == poni and viewer.mask is None
     first = viewer.image
@@ -171,6 +172,40 @@ def test_geometry_and_pixel_mask_are_found_beside_the_data(tmp_path, stack):
     viewer.wait()
     np.testing.assert_array_equal(viewer.mask, mask)
     assert viewer._image.value != first and decoded(viewer._radial_image.value).format == "PNG"
+
+
+def test_geometry_and_pixel_mask_are_found_from_the_files_own_nexus_metadata(tmp_path, stack):
+    """@beamside_geometry names the PONI file, @target the NXdetector whose pixel_mask it is."""
+    folder = tmp_path / "bt-10"
+    folder.mkdir()
+    poni = folder / "eiger.poni"  # not where the fallback looks
+    geometry().write(str(poni))
+    mask = np.zeros(EIGER_1M, np.uint32)
+    mask[:, 514:520] = 1
+
+    def detector_elsewhere(f):
+        detector = f.create_group("/entry/instrument/eiger")
+        detector.attrs["NX_class"] = "NXdetector"
+        detector["data"] = f["/entry/data/data"]  # hard link, as NeXus writers do
+        f["/entry/data/data"].attrs.update(target="/entry/instrument/eiger/data", beamside_geometry="eiger.poni")
+        detector.create_dataset("pixel_mask", data=mask)
+
+    frames = al.open(write_stack(folder / "scan.nxs", stack.values[:2], extra=detector_elsewhere))["data"]
+    assert calibration.pixel_mask_path(frames) == "/entry/instrument/eiger/pixel_mask"
+    assert calibration.find_poni(frames) == poni
+    np.testing.assert_array_equal(calibration.find_pixel_mask(frames), mask)
+
+
+def test_a_geometry_the_file_names_outside_what_the_user_may_read_is_not_used(tmp_path, stack):
+    outside = tmp_path / "elsewhere.poni"
+    geometry().write(str(outside))
+    (tmp_path / "bt-11").mkdir()
+
+    def naming_outside(f):
+        f["/entry/data/data"].attrs["beamside_geometry"] = "../elsewhere.poni"
+
+    frames = al.open(write_stack(tmp_path / "bt-11" / "scan.nxs", stack.values[:2], extra=naming_outside))["data"]
+    assert calibration.find_poni(frames) is None  # the file's own folder is the boundary without a catalog
 
 
 # -- the widget ---------------------------------------------------------------------------------
