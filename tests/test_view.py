@@ -148,6 +148,15 @@ def test_radial_profile_of_a_frame_is_pyfais(frame):
     assert label.startswith("q (") and "nm" in label
 
 
+def test_the_viewer_and_ops_share_one_integrator_per_geometry(frame):
+    from analysis_lib import _integrator, ops
+
+    view.radial_profile(frame, GEOMETRY, npt=50)
+    built = _integrator.integrator(GEOMETRY)
+    assert _integrator.integrator(dict(GEOMETRY)) is built  # pyFAI's engine is built once per process
+    assert ops.integrate1d is view.integrate1d is _integrator.integrate1d
+
+
 def test_geometry_and_pixel_mask_are_found_beside_the_data(tmp_path, stack):
     beamtime = tmp_path / "bt-9"
     (beamtime / "raw").mkdir(parents=True)
