@@ -484,6 +484,9 @@ def _nexus_layout(f: h5py.File, spec: _NexusFile) -> h5py.Dataset:
         **hdf5plugin.Bitshuffle(cname="lz4"),
     )
     stack.attrs.update(units="counts", long_name="Eiger counts")
+    # how the viewer finds this detector's pixel_mask and geometry (analysis_lib._calibration)
+    poni = os.path.relpath(spec.path.parent.parent / "calib" / "detector.poni", spec.path.parent)
+    stack.attrs.update(target=stack.name, beamside_geometry=poni)
 
     if spec.sample is not None:
         _group(entry, "sample", "NXsample")["name"] = spec.sample

@@ -15,11 +15,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-# HDF5 filter ids (https://portal.hdfgroup.org/documentation/hdf5-docs/registered_filter_plugins.html)
-DEFLATE, SHUFFLE, FLETCHER32 = 1, 2, 3
-LZ4, BITSHUFFLE, ZSTD = 32004, 32008, 32015
-
-
 @dataclass(frozen=True)
 class Filter:
     """One step of an HDF5 filter pipeline, in the order it was applied on write."""

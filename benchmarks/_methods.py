@@ -126,7 +126,7 @@ def decode(a):
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from analysis_lib._chunks import _bshuf_decompress_lz4 as bshuf
+    from analysis_lib._filters import _bshuf_decompress_lz4 as bshuf
 
     raws = _raw_chunks(a.file, a.decode_chunks)
     nelem = FRAME_BYTES // 4

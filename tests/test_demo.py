@@ -120,7 +120,10 @@ def test_scan_is_eiger_like_nexus(demo):
         assert stack.dtype == np.uint32 and stack.chunks == (1,) + FRAME_SHAPE
         code, _, options, _ = stack.id.get_create_plist().get_filter(0)
         assert code == 32008 and options[4] == 2  # bitshuffle with LZ4, like a Dectris Eiger
-        assert dict(stack.attrs) == {"units": "counts", "long_name": "Eiger counts"}
+        assert dict(stack.attrs) == {"units": "counts", "long_name": "Eiger counts", "target": stack.name,
+                                     "beamside_geometry": "../calib/detector.poni"}  # what the viewer looks for
+        poni = (path.parent / stack.attrs["beamside_geometry"]).resolve()
+        assert poni == (path.parents[1] / "calib" / "detector.poni").resolve()
 
         data = entry["data"]
         assert data.attrs["NX_class"] == "NXdata" and data.attrs["signal"] == "data"

@@ -1,4 +1,4 @@
-"""al.view without a browser: the rendering functions, the numbers behind the plots, the widget."""
+"""al.view without a browser: the rendering functions (_render), the numbers behind the plots, the widget (_view)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import xarray as xr
 from PIL import Image
 
 import analysis_lib as al
+from analysis_lib import _calibration as calibration
+from analysis_lib import _render as render
 from analysis_lib import _view as view
 
 from .conftest import write_stack
@@ -65,12 +67,12 @@ def decoded(data: bytes) -> Image.Image:
 
 # -- rendering ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("log", [False, True])
-@pytest.mark.parametrize("image_format, size", [("jpeg", view.DISPLAY_SIZE), ("webp", view.DISPLAY_SIZE), ("png", 400)])
+@pytest.mark.parametrize("image_format, size", [("jpeg", render.DISPLAY_SIZE), ("webp", render.DISPLAY_SIZE), ("png", 400)])
 def test_a_1m_frame_renders_small_at_display_size(frame, log, image_format, size):
-    data = view.render_frame(frame, view.Look(log=log, size=size, image_format=image_format))
+    data = render.render_frame(frame, render.Look(log=log, size=size, image_format=image_format))
     image = decoded(data)
     assert image.format == image_format.upper()
-    factor = view.display_factor(EIGER_1M, size)
+    factor = render.display_factor(EIGER_1M, size)
     assert image.size == (-(-EIGER_1M[1] // factor), -(-EIGER_1M[0] // factor))
     assert max(image.size) <= size
     assert len(data) <= LIMIT, f"{image_format} {'log' if log else 'linear'}: {len(data):,} bytes"
@@ -79,57 +81,57 @@ def test_a_1m_frame_renders_small_at_display_size(frame, log, image_format, size
 def test_downsample_is_the_block_mean_of_good_pixels():
     image = np.arange(25, dtype=float).reshape(5, 5)
     image[0, 0] = np.nan
-    out = view.downsample(image, 2)
+    out = render.downsample(image, 2)
     assert out.shape == (3, 3)
     assert out[0, 0] == pytest.approx((1 + 5 + 6) / 3)
     assert out[2, 2] == 24  # the padded edge averages only real pixels
-    assert np.isnan(view.downsample(np.full((2, 2), np.nan), 2)).all()
+    assert np.isnan(render.downsample(np.full((2, 2), np.nan), 2)).all()
 
 
 def test_contrast_limits_are_the_percentiles_of_the_finite_pixels(frame):
     values = np.where(frame > 0, frame, np.nan)
-    low, high = view.contrast_limits(values, (2.0, 98.0))
+    low, high = render.contrast_limits(values, (2.0, 98.0))
     assert (low, high) == pytest.approx(tuple(np.nanpercentile(values, [2, 98])))
-    assert view.contrast_limits(np.full((3, 3), np.nan)) == (0.0, 1.0)
-    assert view.contrast_limits(np.ones((3, 3))) == (1.0, 2.0)  # flat frame: a visible, non-empty range
+    assert render.contrast_limits(np.full((3, 3), np.nan)) == (0.0, 1.0)
+    assert render.contrast_limits(np.ones((3, 3))) == (1.0, 2.0)  # flat frame: a visible, non-empty range
 
 
 def test_log_scale_keeps_zero_counts_at_the_floor_and_gaps_missing():
     image = np.array([[0.0, 1.0], [100.0, np.nan]])
-    out = view.scaled(image, log=True)
+    out = render.scaled(image, log=True)
     np.testing.assert_allclose(out[:1], [[0.0, 0.0]])
     assert out[1, 0] == pytest.approx(2.0) and np.isnan(out[1, 1])
-    assert view.scaled(image, log=False) is image
+    assert render.scaled(image, log=False) is image
 
 
 def test_linear_and_log_differ_and_mask_and_roi_show(frame):
-    linear = np.asarray(decoded(view.render_frame(frame, view.Look(image_format="png"))))
-    log = np.asarray(decoded(view.render_frame(frame, view.Look(log=True, image_format="png"))))
+    linear = np.asarray(decoded(render.render_frame(frame, render.Look(image_format="png"))))
+    log = np.asarray(decoded(render.render_frame(frame, render.Look(log=True, image_format="png"))))
     assert (linear != log).mean() > 0.3
     mask = np.zeros(EIGER_1M, bool)
     mask[514:548] = True
-    masked = decoded(view.render_frame(frame, view.Look(image_format="png"), mask=mask, roi=(100, 300, 200, 500)))
+    masked = decoded(render.render_frame(frame, render.Look(image_format="png"), mask=mask, roi=(100, 300, 200, 500)))
     indices = np.asarray(masked)  # the palette indices themselves (PNG stays paletted)
-    assert (indices[260:272] == view._NO_DATA).all()  # gap rows 514-548, binned by 2
-    assert (indices[50, 100:250] == view._ROI_EDGE).all() and (indices[149, 100:250] == view._ROI_EDGE).all()
-    assert (indices[50:150, 100] == view._ROI_EDGE).all() and (indices[50:150, 249] == view._ROI_EDGE).all()
+    assert (indices[260:272] == render._NO_DATA).all()  # gap rows 514-548, binned by 2
+    assert (indices[50, 100:250] == render._ROI_EDGE).all() and (indices[149, 100:250] == render._ROI_EDGE).all()
+    assert (indices[50:150, 100] == render._ROI_EDGE).all() and (indices[50:150, 249] == render._ROI_EDGE).all()
 
 
 def test_unknown_image_format_is_refused(frame):
     with pytest.raises(ValueError, match="image format 'gif'"):
-        view.render_frame(frame, view.Look(image_format="gif"))
+        render.render_frame(frame, render.Look(image_format="gif"))
 
 
 # -- scan axes and the numbers behind the plots ------------------------------------------------
 def test_frame_labels_name_the_scan_position_with_units(stack):
-    assert view.frame_label(stack, 2) == "y = 0.5 mm · frame 3 of 4"
-    values, label = view.scan_axis(stack)
+    assert render.frame_label(stack, 2) == "y = 0.5 mm · frame 3 of 4"
+    values, label = render.scan_axis(stack)
     assert label == "sample y (mm)" and list(values) == [-1.5, -0.5, 0.5, 1.5]
     grid = stack.data.reshape(2, 2, *EIGER_1M)
     two_axes = xr.DataArray(grid, dims=("x", "y", "row", "column"), coords={"x": [0, 1]})
-    assert view.frame_label(two_axes, 3) == "x = 1 · frame 4 of 4"
-    assert view.scan_axis(two_axes)[1] == "frame"
-    np.testing.assert_array_equal(view.frame_at(two_axes, 3).values, grid[1, 1].compute())
+    assert render.frame_label(two_axes, 3) == "x = 1 · frame 4 of 4"
+    assert render.scan_axis(two_axes)[1] == "frame"
+    np.testing.assert_array_equal(render.frame_at(two_axes, 3).values, grid[1, 1].compute())
 
 
 def test_roi_series_equals_numpy(stack):
@@ -146,6 +148,15 @@ def test_radial_profile_of_a_frame_is_pyfais(frame):
     assert label.startswith("q (") and "nm" in label
 
 
+def test_the_viewer_and_ops_share_one_integrator_per_geometry(frame):
+    from analysis_lib import _integrator, ops
+
+    view.radial_profile(frame, GEOMETRY, npt=50)
+    built = _integrator.integrator(GEOMETRY)
+    assert _integrator.integrator(dict(GEOMETRY)) is built  # pyFAI's engine is built once per process
+    assert ops.integrate1d is view.integrate1d is _integrator.integrate1d
+
+
 def test_geometry_and_pixel_mask_are_found_beside_the_data(tmp_path, stack):
     beamtime = tmp_path / "bt-9"
     (beamtime / "raw").mkdir(parents=True)
@@ -160,9 +171,9 @@ def test_geometry_and_pixel_mask_are_found_beside_the_data(tmp_path, stack):
 
     path = write_stack(beamtime / "raw" / "scan.nxs", stack.values[:2], extra=with_mask)
     frames = al.open(path)["data"]
-    assert view.find_poni(frames) == poni
-    np.testing.assert_array_equal(view.find_pixel_mask(frames), mask)
-    assert view.find_poni(stack) is None and view.find_pixel_mask(stack) is None  # nothing says where it came from
+    assert calibration.find_poni(frames) == poni
+    np.testing.assert_array_equal(calibration.find_pixel_mask(frames), mask)
+    assert calibration.find_poni(stack) is None and calibration.find_pixel_mask(stack) is None  # nothing says where it came from
     viewer = al.view(frames)  # the first frame shows before the mask is looked up, then is redrawn with it
     assert viewer.poni == poni and viewer.mask is None
     first = viewer.image
@@ -170,6 +181,40 @@ def test_geometry_and_pixel_mask_are_found_beside_the_data(tmp_path, stack):
     viewer.wait()
     np.testing.assert_array_equal(viewer.mask, mask)
     assert viewer._image.value != first and decoded(viewer._radial_image.value).format == "PNG"
+
+
+def test_geometry_and_pixel_mask_are_found_from_the_files_own_nexus_metadata(tmp_path, stack):
+    """@beamside_geometry names the PONI file, @target the NXdetector whose pixel_mask it is."""
+    folder = tmp_path / "bt-10"
+    folder.mkdir()
+    poni = folder / "eiger.poni"  # not where the fallback looks
+    geometry().write(str(poni))
+    mask = np.zeros(EIGER_1M, np.uint32)
+    mask[:, 514:520] = 1
+
+    def detector_elsewhere(f):
+        detector = f.create_group("/entry/instrument/eiger")
+        detector.attrs["NX_class"] = "NXdetector"
+        detector["data"] = f["/entry/data/data"]  # hard link, as NeXus writers do
+        f["/entry/data/data"].attrs.update(target="/entry/instrument/eiger/data", beamside_geometry="eiger.poni")
+        detector.create_dataset("pixel_mask", data=mask)
+
+    frames = al.open(write_stack(folder / "scan.nxs", stack.values[:2], extra=detector_elsewhere))["data"]
+    assert calibration.pixel_mask_path(frames) == "/entry/instrument/eiger/pixel_mask"
+    assert calibration.find_poni(frames) == poni
+    np.testing.assert_array_equal(calibration.find_pixel_mask(frames), mask)
+
+
+def test_a_geometry_the_file_names_outside_what_the_user_may_read_is_not_used(tmp_path, stack):
+    outside = tmp_path / "elsewhere.poni"
+    geometry().write(str(outside))
+    (tmp_path / "bt-11").mkdir()
+
+    def naming_outside(f):
+        f["/entry/data/data"].attrs["beamside_geometry"] = "../elsewhere.poni"
+
+    frames = al.open(write_stack(tmp_path / "bt-11" / "scan.nxs", stack.values[:2], extra=naming_outside))["data"]
+    assert calibration.find_poni(frames) is None  # the file's own folder is the boundary without a catalog
 
 
 # -- the widget ---------------------------------------------------------------------------------
