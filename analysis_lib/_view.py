@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from . import ops
+from . import _provenance, ops
 
 __all__ = ["FrameViewer", "view"]
 
@@ -254,7 +254,7 @@ def radial_profile(frame: np.ndarray, poni, *, mask: np.ndarray | None = None, n
 # ---------------------------------------------------------------------------
 def find_poni(frames: xr.DataArray) -> Path | None:
     """The beamtime's PONI geometry, ``<beamtime>/calib/*.poni``, found from the file the frames came from."""
-    source = frames.attrs.get("beamside_source")
+    source = frames.attrs.get(_provenance.SOURCE)
     if not source:
         return None
     for folder in list(Path(source).parents)[:4]:  # <beamtime>/raw[/run]/file: a few levels up at most
@@ -266,7 +266,7 @@ def find_poni(frames: xr.DataArray) -> Path | None:
 
 def find_pixel_mask(frames: xr.DataArray) -> np.ndarray | None:
     """The detector's NeXus ``pixel_mask`` from the frames' own file, if it has one."""
-    source = frames.attrs.get("beamside_source")
+    source = frames.attrs.get(_provenance.SOURCE)
     if not source:
         return None
     from ._errors import BeamsideError

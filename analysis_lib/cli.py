@@ -16,7 +16,9 @@ import argparse
 import os
 import sys
 
-OPS = ("mean-frame", "max-frame", "frame-stats", "roi-sums", "radial-profile", "bin")
+from ._reductions import COMMAND_LINE, command_name, function_name
+
+OPS = tuple(command_name(op) for op in COMMAND_LINE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +109,7 @@ def _op_and_params(args) -> tuple[str, dict]:
         return "radial_profile", {"poni": args.poni, "npt": args.npt, "unit": args.unit}
     if args.op == "bin":
         return "bin", {"factor": args.factor}
-    return args.op.replace("-", "_"), {}
+    return function_name(args.op), {}
 
 
 def _demo(args) -> int:
@@ -203,6 +205,7 @@ def _remote_reduce(args) -> int:
     import analysis_lib as al
     from analysis_lib import remote
 
+    from ._provenance import bytes_read
     from ._save import destination
 
     op, params = _op_and_params(args)
@@ -214,7 +217,7 @@ def _remote_reduce(args) -> int:
         client.close()
     path = al.save(result, args.output, parameters={"op": args.op, "ref": args.ref, "hub": args.hub})
     print(f"{path}: {al.ops.data_stayed_here(result)}")
-    print(f"bytes read on-site: {int(result.attrs.get('beamside_bytes_read', 0))} / bytes received: {int(result.nbytes)}")
+    print(f"bytes read on-site: {bytes_read(result)} / bytes received: {int(result.nbytes)}")
     return 0
 
 

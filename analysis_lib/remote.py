@@ -19,6 +19,9 @@ import stat
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ._provenance import REF
+from ._reductions import check
+
 TOKEN_FILE = Path("~/.config/beamside/token")
 
 
@@ -87,14 +90,11 @@ def _reduce_on_site(op: str, ref: str, signal: str | None, params: dict):
     result = getattr(al.ops, op)(frames, **params)
     with worker_client() as client:
         computed = client.compute(result).result()
-    computed.attrs["beamside_ref"] = ref
+    computed.attrs[REF] = ref
     return computed
 
 
 def reduce(client, op: str, ref: str, *, signal: str | None = None, **params):
     """Run ``al.ops.<op>`` on ``ref`` on-site and return the (small) computed result."""
-    import analysis_lib as al
-
-    if op not in al.ops.__all__ or op == "data_stayed_here":
-        raise ValueError(f"unknown reduction {op!r}; choose from {', '.join(n for n in al.ops.__all__ if n != 'data_stayed_here')}")
+    check(op)
     return client.submit(_reduce_on_site, op, ref, signal, params, pure=False).result()
