@@ -78,15 +78,21 @@ def _parser() -> argparse.ArgumentParser:
     _op_arguments(rred)
     rred.set_defaults(run=_remote_reduce)
 
-    up = sub.add_parser("up", help="start the embedded deployment (JupyterHub next to the data)")
-    up.add_argument("--config", help="deployment config file (YAML)")
-    up.set_defaults(run=_up)
-
-    pw = sub.add_parser("passwd", help="set a user's password for the embedded deployment (read from the terminal)")
-    pw.add_argument("user")
-    pw.add_argument("--config", help="deployment config file (YAML)")
-    pw.set_defaults(run=_passwd)
+    _add_plugin_commands(sub)
     return p
+
+
+def _add_plugin_commands(sub) -> None:
+    """Subcommands other packages add (``beamside up``, ``beamside passwd`` from the hub), by entry point.
+
+    Each entry point in the ``beamside.commands`` group names a function that
+    takes these subparsers and adds its subcommands; the library never imports
+    the hub itself.
+    """
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group="beamside.commands"), key=lambda ep: ep.name):
+        ep.load()(sub)
 
 
 def _op_arguments(p) -> None:
@@ -219,32 +225,6 @@ def _remote_reduce(args) -> int:
     print(f"{path}: {al.ops.data_stayed_here(result)}")
     print(f"bytes read on-site: {bytes_read(result)} / bytes received: {int(result.nbytes)}")
     return 0
-
-
-def _passwd(args) -> int:
-    import getpass
-
-    try:
-        from beamside_hub import auth, settings
-    except ImportError:
-        raise ValueError("needs the hub extras: pip install 'beamside[hub]'") from None
-    s = settings.load(args.config)
-    path = s["auth"]["passwords_file"] or os.path.join(s["hub"]["state_dir"], "secrets", "passwords.yaml")
-    password = getpass.getpass(f"new password for {args.user}: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
-    if len(password) < 8:
-        raise ValueError("passwords need at least 8 characters")
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    auth.set_password(path, args.user, password)
-    print(f"password of {args.user} set in {path}")
-    return 0
-
-
-def _up(args) -> int:
-    try:
-        from beamside_hub.embedded import main as up_main
-    except ImportError:
-        raise ValueError("the embedded deployment needs the hub extras: pip install 'beamside[hub]'") from None
-    return up_main(args.config)
 
 
 if __name__ == "__main__":
