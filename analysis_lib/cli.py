@@ -122,6 +122,7 @@ def _demo(args) -> int:
     from tqdm.auto import tqdm
 
     from ._demo import parse_size, write_demo_data
+    from .contract import CATALOG_ENV, USER_ENV
 
     total = parse_size(args.size)
     with tqdm(total=total, unit="B", unit_scale=True, desc="demo data") as bar:
@@ -130,7 +131,7 @@ def _demo(args) -> int:
 
         catalog = write_demo_data(args.directory, total, seed=args.seed, progress=progress)
     print(f"catalog: {catalog}")
-    print(f"try:     export BEAMSIDE_CATALOG={catalog} JUPYTERHUB_USER=alice")
+    print(f"try:     export {CATALOG_ENV}={catalog} {USER_ENV}=alice")
     print("         beamside reduce mean-frame bt-1001/raw/scan_0001.nxs -o ~/mean_frame.nxs")
     return 0
 

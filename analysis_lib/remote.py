@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 from ._provenance import REF
 from ._reductions import check
+from .contract import DETACHED, GATEWAY_PREFIX, GATEWAY_SCOPE
 
 TOKEN_FILE = Path("~/.config/beamside/token")
 
@@ -34,7 +35,7 @@ def read_token() -> str:
     if not path.exists():
         raise PermissionError(
             f"no hub token: set BEAMSIDE_TOKEN or write it to {path} (mode 0600). "
-            "Create one on the hub's token page (/hub/token) with the scope access:services!service=dask-gateway"
+            f"Create one on the hub's token page (/hub/token) with the scope {GATEWAY_SCOPE}"
         )
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
@@ -48,7 +49,7 @@ def gateway(hub_url: str, token: str | None = None, *, proxy_address: str | None
 
     host = urlparse(hub_url).hostname
     return Gateway(
-        address=f"{hub_url.rstrip('/')}/services/dask-gateway",
+        address=hub_url.rstrip("/") + GATEWAY_PREFIX,
         proxy_address=proxy_address or f"gateway://{host}:8786",
         auth=JupyterHubAuth(api_token=token or read_token()),
     )
@@ -69,7 +70,7 @@ def connect(hub_url: str, token: str | None = None, *, proxy_address: str | None
         cluster = gw.connect(running[0].name)
     else:
         options = gw.cluster_options()
-        options.detached = True
+        setattr(options, DETACHED, True)
         cluster = gw.new_cluster(options, shutdown_on_close=not keep)
     cluster.scale(workers)
     client = cluster.get_client()

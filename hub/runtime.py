@@ -16,8 +16,18 @@ from __future__ import annotations
 import json
 import os
 
+from analysis_lib.contract import (
+    DETACHED,
+    GATEWAY_PREFIX,
+    GATEWAY_SCOPE,
+    GATEWAY_SERVICE,
+    NO_MALLOC_TRIM_ENV,
+    WORKER_CORES,
+    WORKER_MEMORY,
+    WORKER_MEMORY_UNIT,
+)
+
 SUPERVISOR = "beamside-supervisor"
-GATEWAY_SCOPE = "access:services!service=dask-gateway"
 
 
 def load_runtime(path: str) -> dict:
@@ -85,9 +95,9 @@ def gateway_client_env(runtime: dict) -> dict:
     """
     a = addresses(runtime)
     return {
-        "DASK_GATEWAY__ADDRESS": f"{a.get('proxy_url', a['gateway_url'])}/services/dask-gateway",
+        "DASK_GATEWAY__ADDRESS": f"{a.get('proxy_url', a['gateway_url'])}{GATEWAY_PREFIX}",
         "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{a['gateway_tcp']}",
-        "DASK_GATEWAY__PUBLIC_ADDRESS": "/services/dask-gateway/",
+        "DASK_GATEWAY__PUBLIC_ADDRESS": f"{GATEWAY_PREFIX}/",
         "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
     }
 
@@ -159,7 +169,7 @@ def configure_hub(c, runtime: dict, python: str) -> None:
         _sandboxes(sp, runtime)
         sp.examples_dir = paths.get("examples", "")
         sp.logs_dir = os.path.join(state, "logs", "users")
-        sp.gateway_api_url = f"{a['gateway_url']}/services/dask-gateway/api" if dask["enabled"] else ""
+        sp.gateway_api_url = f"{a['gateway_url']}{GATEWAY_PREFIX}/api" if dask["enabled"] else ""
         c.Spawner.cmd = [os.path.join(venv_bin, "jupyterhub-singleuser")]
         # ipc kernels: no TCP port races between kernels started in the same second, and the
         # kernel sockets live inside the user's sandbox (where nobody else can reach them).
@@ -189,7 +199,7 @@ def configure_hub(c, runtime: dict, python: str) -> None:
     ]
     services.append({"name": SUPERVISOR, "api_token": secrets["supervisor_token"]})
     if dask["enabled"]:
-        gateway = {"name": "dask-gateway", "url": a["gateway_url"], "api_token": secrets["gateway_token"],
+        gateway = {"name": GATEWAY_SERVICE, "url": a["gateway_url"], "api_token": secrets["gateway_token"],
                    "display": False}
         if not on_kubernetes(runtime):  # on Kubernetes the gateway has its own Deployments
             gateway.update(
@@ -297,7 +307,7 @@ def _kube_gateway(c, runtime: dict) -> tuple[list[str], dict]:
     kc.scheduler_cores = dask["scheduler_cores"]
     kc.scheduler_memory = dask["scheduler_memory"]
     # the nanny's default trim threshold makes glibc hand back every decode buffer
-    return ["dask"], {"PYTHONNOUSERSITE": "1", "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_": "None"}
+    return ["dask"], {"PYTHONNOUSERSITE": "1", **NO_MALLOC_TRIM_ENV}
 
 
 def _local_gateway(c, runtime: dict) -> tuple[list[str], dict]:
@@ -312,7 +322,7 @@ def _local_gateway(c, runtime: dict) -> tuple[list[str], dict]:
     b = c.BeamsideBackend
     _sandboxes(b, runtime)
     b.clusters_directory = os.path.join(paths["gateway_dir"], "clusters")
-    b.api_url = f"{addresses(runtime)['gateway_url']}/services/dask-gateway/api"
+    b.api_url = f"{addresses(runtime)['gateway_url']}{GATEWAY_PREFIX}/api"
     b.max_clusters_per_user = dask["max_clusters_per_user"]
     b.max_cluster_age = dask["max_age"]
     b.reconcile_period = s["singleuser"]["access_check_every"]
@@ -329,7 +339,7 @@ def configure_gateway(c, runtime: dict) -> None:
     dask = s["dask"]
     kube = on_kubernetes(runtime)
     dask_cmd, environment = (_kube_gateway if kube else _local_gateway)(c, runtime)
-    c.Proxy.prefix = "/services/dask-gateway"
+    c.Proxy.prefix = GATEWAY_PREFIX
     c.DaskGateway.authenticator_class = "dask_gateway_server.auth.JupyterHubAuthenticator"
     c.JupyterHubAuthenticator.jupyterhub_api_url = addresses(runtime)["hub_api_url"]
     cc = c.ClusterConfig
@@ -344,7 +354,7 @@ def configure_gateway(c, runtime: dict) -> None:
     cc.environment = environment
 
     def options_handler(options, user):
-        config = {"worker_cores": options.worker_cores, "worker_memory": int(options.worker_memory * 2**30)}
+        config = {WORKER_CORES: options.worker_cores, WORKER_MEMORY: int(options.worker_memory * WORKER_MEMORY_UNIT)}
         if kube:  # the user's own mounts and ids, from the catalog at the time the cluster starts
             from analysis_lib.catalog import load_catalog
 
@@ -353,11 +363,11 @@ def configure_gateway(c, runtime: dict) -> None:
             config.update(dask_pod_config(load_catalog(runtime["paths"]["catalog"]), user.name, s, environment))
         return config
 
-    max_mem = parse_bytes(str(dask["max_memory"])) / 2**30
+    max_mem = parse_bytes(str(dask["max_memory"])) / WORKER_MEMORY_UNIT
     c.Backend.cluster_options = Options(
-        Integer("worker_cores", default=dask["worker_cores"], min=1, max=dask["max_cores"], label="Cores per worker"),
-        Float("worker_memory", default=parse_bytes(str(dask["worker_memory"])) / 2**30, min=0.25, max=max_mem,
+        Integer(WORKER_CORES, default=dask["worker_cores"], min=1, max=dask["max_cores"], label="Cores per worker"),
+        Float(WORKER_MEMORY, default=parse_bytes(str(dask["worker_memory"])) / WORKER_MEMORY_UNIT, min=0.25, max=max_mem,
               label="Memory per worker (GiB)"),
-        Bool("detached", default=False, label="Keep running after my notebook server stops (for scripts)"),
+        Bool(DETACHED, default=False, label="Keep running after my notebook server stops (for scripts)"),
         handler=options_handler,
     )
