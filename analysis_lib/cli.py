@@ -121,7 +121,7 @@ def _op_and_params(args) -> tuple[str, dict]:
 def _demo(args) -> int:
     from tqdm.auto import tqdm
 
-    from ._demo import parse_size, write_demo_data
+    from .demo import parse_size, write_demo_data
     from .contract import CATALOG_ENV, USER_ENV
 
     total = parse_size(args.size)
