@@ -14,13 +14,15 @@ import os
 import socket
 import threading
 
+from .contract import AUDIT_SOCKET_ENV
+
 _seen: set[tuple[int, str]] = set()
 _lock = threading.Lock()
 
 
 def record(path: str) -> None:
     """Report that this process opens ``path`` (no-op without an audit socket)."""
-    address = os.environ.get("BEAMSIDE_AUDIT_SOCKET")
+    address = os.environ.get(AUDIT_SOCKET_ENV)
     if not address:
         return
     key = (os.getpid(), path)

@@ -16,14 +16,12 @@ import xarray as xr
 from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
-from . import _audit, _config
+from . import _audit, _config, _provenance
 from ._access import Boundary, Policy
 from ._chunks import reader_for
 from ._layout import FileDescription
 from ._probe import describe, tree
 from .catalog import CATALOG_ENV, current_user
-
-SOURCE_ATTR = "beamside_source"  # provenance: the real path a result came from
 
 
 class NexusBackendArray(BackendArray):
@@ -85,10 +83,10 @@ def dataset_from_description(desc: FileDescription) -> xr.Dataset:
         if stored.chunks:
             encoding["preferred_chunks"] = dict(zip(v.dims, stored.chunks))
             encoding["chunksizes"] = stored.chunks
-        attrs = {**v.attrs, SOURCE_ATTR: stored.file, "beamside_dataset": stored.path}
+        attrs = {**v.attrs, _provenance.SOURCE: stored.file, _provenance.DATASET: stored.path}
         data_vars[v.name] = xr.Variable(v.dims, array, attrs, encoding)
     coords = {c.name: xr.Variable(c.dims, np.asarray(c.values), c.attrs) for c in desc.coords}
-    attrs = {**desc.attrs, SOURCE_ATTR: desc.file, "beamside_group": desc.group}
+    attrs = {**desc.attrs, _provenance.SOURCE: desc.file, _provenance.GROUP: desc.group}
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 

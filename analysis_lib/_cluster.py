@@ -13,6 +13,8 @@ import os
 import dask
 import dask.config
 
+from .contract import MALLOC_TRIM_CONFIG, WORKER_CORES, WORKER_MEMORY, WORKER_MEMORY_UNIT
+
 __all__ = ["cluster", "compute"]
 
 
@@ -44,11 +46,11 @@ def _gateway_client(workers, cores, memory, options):
     cluster_options = gateway.cluster_options()
     wanted = dict(options)
     if cores is not None:
-        wanted["worker_cores"] = cores
+        wanted[WORKER_CORES] = cores
     if memory is not None:
         from dask.utils import parse_bytes
 
-        wanted["worker_memory"] = parse_bytes(memory) / 2**30 if isinstance(memory, str) else memory
+        wanted[WORKER_MEMORY] = parse_bytes(memory) / WORKER_MEMORY_UNIT if isinstance(memory, str) else memory
     for key, value in wanted.items():
         if key not in cluster_options:
             raise ValueError(f"the gateway has no cluster option {key!r}; it offers {sorted(cluster_options)}")
@@ -62,9 +64,7 @@ def _local_client(workers, cores, memory):
     from distributed import Client, LocalCluster
 
     n = workers or max(1, _cores())
-    # The nanny's default MALLOC_TRIM_THRESHOLD_ makes glibc hand decode buffers
-    # back to the OS after every chunk: measured 2.7x slower frame reads.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    with dask.config.set({MALLOC_TRIM_CONFIG: None}):  # glibc's trim threshold: see analysis_lib.contract
         local = LocalCluster(
             n_workers=n,
             threads_per_worker=cores or 1,

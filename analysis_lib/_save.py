@@ -36,15 +36,11 @@ import numpy as np
 import xarray as xr
 
 from ._access import Policy
+from . import _provenance
 from ._errors import AccessDenied
 from .catalog import CATALOG_ENV, Catalog, current_user
 
 __all__ = ["save"]
-
-# Attributes other beamside code sets on opened or reduced data to carry
-# provenance; they are written to /entry/process, not copied as plain attrs.
-SOURCE_ATTR = "beamside_source"
-STEPS_ATTR = "beamside_steps"
 
 # A temp file this old was left by a killed writer, not by one still running.
 _STALE_SECONDS = 3600.0
@@ -68,7 +64,7 @@ def save(
     process is killed mid-write; an older file there stays intact until the
     new one replaces it. Saving the same result twice (Dask may run a task
     twice) just replaces the first copy. ``inputs`` are recorded along with
-    the files named by ``beamside_source`` attributes on ``obj``.
+    the source files recorded on ``obj`` (:data:`._provenance.SOURCE`).
     """
     target = destination(path, catalog=catalog)
     ds = _as_dataset(obj).compute()  # before any file exists: a failing task leaves nothing
@@ -156,19 +152,19 @@ def _owners(ds: xr.Dataset) -> list[tuple[str, dict]]:
 def _sources(ds: xr.Dataset) -> list[str]:
     found: list[str] = []
     for _, attrs in _owners(ds):
-        found += _as_list(attrs.get(SOURCE_ATTR))
+        found += _as_list(attrs.get(_provenance.SOURCE))
     return found
 
 
 def _steps(ds: xr.Dataset) -> dict[str, str]:
-    """The ``beamside_steps`` JSON by owner, each distinct value once.
+    """The recorded steps (:data:`._provenance.STEPS`) by owner, each distinct value once.
 
     Normally one pipeline made the whole result and there is one value; a
     Dataset merged from several keeps every history rather than the first.
     """
     steps: dict[str, str] = {}
     for owner, attrs in _owners(ds):
-        value = attrs.get(STEPS_ATTR)
+        value = attrs.get(_provenance.STEPS)
         if value is None:
             continue
         text = value if isinstance(value, str) else json.dumps(value, default=_json_default)
@@ -255,7 +251,7 @@ def _write_dataset(group: h5py.Group, name: str, values: np.ndarray, attrs: dict
 
 def _write_attrs(obj: h5py.Group | h5py.Dataset, attrs: dict) -> None:
     for key, value in attrs.items():
-        if key not in (SOURCE_ATTR, STEPS_ATTR):
+        if key not in _provenance.PROCESS_ONLY:
             obj.attrs[str(key)] = _h5_value(value)
 
 

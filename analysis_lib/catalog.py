@@ -41,11 +41,9 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from ._errors import AccessDenied, CatalogError
+from .contract import CATALOG_ENV, USER_ENV
 
 __all__ = ["Beamtime", "Catalog", "Member", "current_user", "load_catalog"]
-
-CATALOG_ENV = "BEAMSIDE_CATALOG"
-
 
 @dataclass(frozen=True)
 class Member:
@@ -294,7 +292,7 @@ def _parse_until(value: object, where: str) -> _dt.date | _dt.datetime | None:
 
 def current_user(user: str | None = None) -> str:
     """Who is asking: explicit, else ``JUPYTERHUB_USER``, else the Unix login name."""
-    return user or os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+    return user or os.environ.get(USER_ENV) or getpass.getuser()
 
 
 _cache_lock = threading.Lock()

@@ -16,7 +16,9 @@ import argparse
 import os
 import sys
 
-OPS = ("mean-frame", "max-frame", "frame-stats", "roi-sums", "radial-profile", "bin")
+from ._reductions import COMMAND_LINE, command_name, function_name
+
+OPS = tuple(command_name(op) for op in COMMAND_LINE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,15 +78,21 @@ def _parser() -> argparse.ArgumentParser:
     _op_arguments(rred)
     rred.set_defaults(run=_remote_reduce)
 
-    up = sub.add_parser("up", help="start the embedded deployment (JupyterHub next to the data)")
-    up.add_argument("--config", help="deployment config file (YAML)")
-    up.set_defaults(run=_up)
-
-    pw = sub.add_parser("passwd", help="set a user's password for the embedded deployment (read from the terminal)")
-    pw.add_argument("user")
-    pw.add_argument("--config", help="deployment config file (YAML)")
-    pw.set_defaults(run=_passwd)
+    _add_plugin_commands(sub)
     return p
+
+
+def _add_plugin_commands(sub) -> None:
+    """Subcommands other packages add (``beamside up``, ``beamside passwd`` from the hub), by entry point.
+
+    Each entry point in the ``beamside.commands`` group names a function that
+    takes these subparsers and adds its subcommands; the library never imports
+    the hub itself.
+    """
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group="beamside.commands"), key=lambda ep: ep.name):
+        ep.load()(sub)
 
 
 def _op_arguments(p) -> None:
@@ -107,13 +115,14 @@ def _op_and_params(args) -> tuple[str, dict]:
         return "radial_profile", {"poni": args.poni, "npt": args.npt, "unit": args.unit}
     if args.op == "bin":
         return "bin", {"factor": args.factor}
-    return args.op.replace("-", "_"), {}
+    return function_name(args.op), {}
 
 
 def _demo(args) -> int:
     from tqdm.auto import tqdm
 
-    from ._demo import parse_size, write_demo_data
+    from .demo import parse_size, write_demo_data
+    from .contract import CATALOG_ENV, USER_ENV
 
     total = parse_size(args.size)
     with tqdm(total=total, unit="B", unit_scale=True, desc="demo data") as bar:
@@ -122,7 +131,7 @@ def _demo(args) -> int:
 
         catalog = write_demo_data(args.directory, total, seed=args.seed, progress=progress)
     print(f"catalog: {catalog}")
-    print(f"try:     export BEAMSIDE_CATALOG={catalog} JUPYTERHUB_USER=alice")
+    print(f"try:     export {CATALOG_ENV}={catalog} {USER_ENV}=alice")
     print("         beamside reduce mean-frame bt-1001/raw/scan_0001.nxs -o ~/mean_frame.nxs")
     return 0
 
@@ -203,6 +212,7 @@ def _remote_reduce(args) -> int:
     import analysis_lib as al
     from analysis_lib import remote
 
+    from ._provenance import bytes_read
     from ._save import destination
 
     op, params = _op_and_params(args)
@@ -214,34 +224,8 @@ def _remote_reduce(args) -> int:
         client.close()
     path = al.save(result, args.output, parameters={"op": args.op, "ref": args.ref, "hub": args.hub})
     print(f"{path}: {al.ops.data_stayed_here(result)}")
-    print(f"bytes read on-site: {int(result.attrs.get('beamside_bytes_read', 0))} / bytes received: {int(result.nbytes)}")
+    print(f"bytes read on-site: {bytes_read(result)} / bytes received: {int(result.nbytes)}")
     return 0
-
-
-def _passwd(args) -> int:
-    import getpass
-
-    try:
-        from beamside_hub import auth, settings
-    except ImportError:
-        raise ValueError("needs the hub extras: pip install 'beamside[hub]'") from None
-    s = settings.load(args.config)
-    path = s["auth"]["passwords_file"] or os.path.join(s["hub"]["state_dir"], "secrets", "passwords.yaml")
-    password = getpass.getpass(f"new password for {args.user}: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
-    if len(password) < 8:
-        raise ValueError("passwords need at least 8 characters")
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    auth.set_password(path, args.user, password)
-    print(f"password of {args.user} set in {path}")
-    return 0
-
-
-def _up(args) -> int:
-    try:
-        from beamside_hub.embedded import main as up_main
-    except ImportError:
-        raise ValueError("the embedded deployment needs the hub extras: pip install 'beamside[hub]'") from None
-    return up_main(args.config)
 
 
 if __name__ == "__main__":

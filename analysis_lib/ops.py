@@ -6,14 +6,14 @@ image (row, column); every dimension before them counts frames (a plain
 lazy xarray object with named dimensions that equals, to float tolerance,
 numpy applied to the loaded array — and never loads the stack whole.
 
-Each result carries ``beamside_bytes_read`` (the bytes of frames it reads
-on-site), its provenance (``beamside_source``, ``beamside_steps``), and
-:func:`data_stayed_here` turns that into the sentence a remote user wants.
+Each result carries its provenance (:mod:`._provenance`: the bytes of frames
+it reads on-site, the source file, the steps), and :func:`data_stayed_here`
+turns that into the sentence a remote user wants. Which functions count as
+reductions is listed once, in :mod:`._reductions`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import dask.array as da
@@ -21,6 +21,9 @@ import numpy as np
 import xarray as xr
 
 from ._integrator import integrate1d  # one pyFAI integrator per process, shared with the viewer
+
+from ._provenance import SOURCE, data_stayed_here, record_step as _finish
+from ._reductions import REDUCTIONS
 
 __all__ = [
     "bin",
@@ -33,7 +36,7 @@ __all__ = [
     "roi_sums",
 ]
 
-_SOURCE, _STEPS, _READ = "beamside_source", "beamside_steps", "beamside_bytes_read"
+__all__ = sorted([*REDUCTIONS, "data_stayed_here"])
 
 
 # ---------------------------------------------------------------------------
@@ -45,10 +48,10 @@ def _frames(obj) -> xr.DataArray:
         if not obj.data_vars:
             raise ValueError("this Dataset has no data variable to reduce")
         name = next(iter(obj.data_vars))
-        source = obj.attrs.get(_SOURCE)
+        source = obj.attrs.get(SOURCE)
         obj = obj[name]
         if source:
-            obj.attrs.setdefault(_SOURCE, source)
+            obj.attrs.setdefault(SOURCE, source)
     if not isinstance(obj, xr.DataArray):
         raise TypeError(f"expected an xarray DataArray or Dataset of frames, got {type(obj).__name__}")
     if obj.ndim < 2:
@@ -76,37 +79,6 @@ def _dask(arr: xr.DataArray, whole_images: bool = True) -> da.Array:
     if whole_images and (len(data.chunks[-1]) > 1 or len(data.chunks[-2]) > 1):
         data = data.rechunk({data.ndim - 2: -1, data.ndim - 1: -1})
     return data
-
-
-def _finish(result: xr.DataArray | xr.Dataset, frames: xr.DataArray, op: str, parameters: dict):
-    """Attach what the result came from, what was done, and how many bytes it read."""
-    steps = json.loads(frames.attrs.get(_STEPS, "[]"))
-    steps.append({"op": op, "parameters": parameters})
-    # a chain of ops (correct, then bin) read the file once: keep the first figure
-    attrs = {_STEPS: json.dumps(steps), _READ: int(frames.attrs.get(_READ, frames.nbytes))}
-    if frames.attrs.get(_SOURCE):
-        attrs[_SOURCE] = frames.attrs[_SOURCE]
-    result.attrs.update(attrs)
-    if isinstance(result, xr.Dataset):
-        for v in result.data_vars.values():
-            v.attrs.update(attrs)
-    return result
-
-
-def data_stayed_here(result) -> str:
-    """"read 4.3 GB on-site, result 4.2 MB" — the bytes a reduction kept at the facility."""
-    read = int(result.attrs.get(_READ, 0))
-    size = int(result.nbytes)
-    ratio = f" ({read / size:,.0f}× smaller)" if size and read > size else ""
-    return f"read {_human(read)} on-site, result {_human(size)}{ratio}: the data stayed here"
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"  # pragma: no cover
 
 
 def _fused(frames: xr.DataArray):

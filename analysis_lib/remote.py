@@ -19,6 +19,10 @@ import stat
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ._provenance import REF
+from ._reductions import check
+from .contract import DETACHED, GATEWAY_PREFIX, GATEWAY_SCOPE
+
 TOKEN_FILE = Path("~/.config/beamside/token")
 
 
@@ -31,7 +35,7 @@ def read_token() -> str:
     if not path.exists():
         raise PermissionError(
             f"no hub token: set BEAMSIDE_TOKEN or write it to {path} (mode 0600). "
-            "Create one on the hub's token page (/hub/token) with the scope access:services!service=dask-gateway"
+            f"Create one on the hub's token page (/hub/token) with the scope {GATEWAY_SCOPE}"
         )
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
@@ -45,7 +49,7 @@ def gateway(hub_url: str, token: str | None = None, *, proxy_address: str | None
 
     host = urlparse(hub_url).hostname
     return Gateway(
-        address=f"{hub_url.rstrip('/')}/services/dask-gateway",
+        address=hub_url.rstrip("/") + GATEWAY_PREFIX,
         proxy_address=proxy_address or f"gateway://{host}:8786",
         auth=JupyterHubAuth(api_token=token or read_token()),
     )
@@ -66,7 +70,7 @@ def connect(hub_url: str, token: str | None = None, *, proxy_address: str | None
         cluster = gw.connect(running[0].name)
     else:
         options = gw.cluster_options()
-        options.detached = True
+        setattr(options, DETACHED, True)
         cluster = gw.new_cluster(options, shutdown_on_close=not keep)
     cluster.scale(workers)
     client = cluster.get_client()
@@ -87,14 +91,11 @@ def _reduce_on_site(op: str, ref: str, signal: str | None, params: dict):
     result = getattr(al.ops, op)(frames, **params)
     with worker_client() as client:
         computed = client.compute(result).result()
-    computed.attrs["beamside_ref"] = ref
+    computed.attrs[REF] = ref
     return computed
 
 
 def reduce(client, op: str, ref: str, *, signal: str | None = None, **params):
     """Run ``al.ops.<op>`` on ``ref`` on-site and return the (small) computed result."""
-    import analysis_lib as al
-
-    if op not in al.ops.__all__ or op == "data_stayed_here":
-        raise ValueError(f"unknown reduction {op!r}; choose from {', '.join(n for n in al.ops.__all__ if n != 'data_stayed_here')}")
+    check(op)
     return client.submit(_reduce_on_site, op, ref, signal, params, pure=False).result()

@@ -138,7 +138,7 @@ def prepare(config: str | None, overrides: dict | None = None) -> dict:
     demo = not paths["catalog"]
     isolate, why = decide_isolation(s["singleuser"]["isolation"], [*paths["software"], paths["homes"]], demo=demo)
     if demo:
-        from analysis_lib._demo import write_demo_data
+        from analysis_lib.demo import write_demo_data
 
         _say(f"writing demo beamtimes ({s['data']['demo_size']}) under {state / 'demo'} …")
         old_umask = os.umask(0o022)  # users' accounts read the demo beamtimes

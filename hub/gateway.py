@@ -29,6 +29,7 @@ from dask_gateway_server.backends.local import LocalBackend, wait_is_shutdown
 from traitlets import Float, Integer
 
 from analysis_lib import Policy
+from analysis_lib.contract import NO_MALLOC_TRIM_ENV, USER_ENV
 
 from . import rootfs, sandbox
 from .accounts import ensure_account
@@ -118,9 +119,8 @@ class BeamsideBackend(sandbox.Sandboxed, LocalBackend):
         env.update(
             {
                 "HOME": str(self.home_of(cluster.username)),
-                "JUPYTERHUB_USER": cluster.username,
-                # the nanny's default trim threshold makes glibc hand back every decode buffer
-                "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_": "None",
+                USER_ENV: cluster.username,
+                **NO_MALLOC_TRIM_ENV,
                 **self.sandbox_env(),
             }
         )

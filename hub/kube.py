@@ -36,6 +36,7 @@ from kubespawner.slugs import safe_slug
 from traitlets import Bool, Dict, Unicode
 
 from analysis_lib.catalog import Catalog, load_catalog
+from analysis_lib.contract import CATALOG_ENV, USER_ENV
 
 from .platform import USER_CATALOG
 
@@ -112,7 +113,7 @@ def user_pod(catalog: Catalog, user: str, settings: dict, home: dict | None) -> 
                  "subPath": bt["path"], "readOnly": True} for bt in mine["beamtimes"]]
         + [{"name": CATALOG_VOLUME, "mountPath": os.path.dirname(USER_CATALOG), "readOnly": True}],
         annotations={CATALOG_ANNOTATION: yaml.safe_dump(mine, sort_keys=False)},
-        env={"BEAMSIDE_CATALOG": USER_CATALOG, "JUPYTERHUB_USER": user},
+        env={CATALOG_ENV: USER_CATALOG, USER_ENV: user},
     )
     if home is not None:
         pod.volumes.append(home)

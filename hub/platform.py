@@ -30,11 +30,12 @@ from __future__ import annotations
 import importlib
 import os
 
+from analysis_lib.contract import GATEWAY_PREFIX, NO_MALLOC_TRIM_ENV
+
 # Where a user's server and Dask processes find their own view of the catalog, on every platform
 # (a folder: a catalog replaced on the host shows in running sandboxes)
 USER_CATALOG_DIR = "/run/beamside/catalog"
 USER_CATALOG = f"{USER_CATALOG_DIR}/catalog.yaml"
-MALLOC_TRIM_ENV = {"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_": "None"}
 
 
 class Platform:
@@ -104,7 +105,7 @@ class LocalPlatform(Platform):
         self.sandboxes(sp, runtime)
         sp.examples_dir = paths.get("examples", "")
         sp.logs_dir = os.path.join(paths["state"], "logs", "users")
-        sp.gateway_api_url = f"{a['gateway_url']}/services/dask-gateway/api" if dask["enabled"] else ""
+        sp.gateway_api_url = f"{a['gateway_url']}{GATEWAY_PREFIX}/api" if dask["enabled"] else ""
         c.Spawner.cmd = [os.path.join(venv_bin, "jupyterhub-singleuser")]
         # ipc kernels: no TCP port races between kernels started in the same second, and the
         # kernel sockets live inside the user's sandbox (where nobody else can reach them).
@@ -139,7 +140,7 @@ class LocalPlatform(Platform):
         b = c.BeamsideBackend
         self.sandboxes(b, runtime)
         b.clusters_directory = os.path.join(paths["gateway_dir"], "clusters")
-        b.api_url = f"{a['gateway_url']}/services/dask-gateway/api"
+        b.api_url = f"{a['gateway_url']}{GATEWAY_PREFIX}/api"
         b.max_clusters_per_user = dask["max_clusters_per_user"]
         b.max_cluster_age = dask["max_age"]
         b.reconcile_period = s["singleuser"]["access_check_every"]
@@ -224,7 +225,7 @@ class KubernetesPlatform(Platform):
         kc.image_pull_policy = k["image_pull_policy"]
         kc.scheduler_cores = dask["scheduler_cores"]
         kc.scheduler_memory = dask["scheduler_memory"]
-        return ["dask"], {"PYTHONNOUSERSITE": "1", **MALLOC_TRIM_ENV}
+        return ["dask"], {"PYTHONNOUSERSITE": "1", **NO_MALLOC_TRIM_ENV}
 
     def cluster_config(self, runtime: dict, user: str, environment: dict) -> dict:
         """The user's own mounts and ids, from the catalog at the time the cluster starts."""

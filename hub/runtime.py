@@ -17,10 +17,19 @@ from __future__ import annotations
 import json
 import os
 
+from analysis_lib.contract import (
+    DETACHED,
+    GATEWAY_PREFIX,
+    GATEWAY_SCOPE,
+    GATEWAY_SERVICE,
+    WORKER_CORES,
+    WORKER_MEMORY,
+    WORKER_MEMORY_UNIT,
+)
+
 from .platform import platform_for
 
 SUPERVISOR = "beamside-supervisor"
-GATEWAY_SCOPE = "access:services!service=dask-gateway"
 
 
 def load_runtime(path: str) -> dict:
@@ -61,9 +70,9 @@ def gateway_client_env(runtime: dict) -> dict:
     """
     a = addresses(runtime)
     return {
-        "DASK_GATEWAY__ADDRESS": f"{a.get('proxy_url', a['gateway_url'])}/services/dask-gateway",
+        "DASK_GATEWAY__ADDRESS": f"{a.get('proxy_url', a['gateway_url'])}{GATEWAY_PREFIX}",
         "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{a['gateway_tcp']}",
-        "DASK_GATEWAY__PUBLIC_ADDRESS": "/services/dask-gateway/",
+        "DASK_GATEWAY__PUBLIC_ADDRESS": f"{GATEWAY_PREFIX}/",
         "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
     }
 
@@ -145,7 +154,7 @@ def configure_hub(c, runtime: dict, python: str) -> None:
     ]
     services.append({"name": SUPERVISOR, "api_token": secrets["supervisor_token"]})
     if dask["enabled"]:
-        gateway = {"name": "dask-gateway", "url": a["gateway_url"], "api_token": secrets["gateway_token"],
+        gateway = {"name": GATEWAY_SERVICE, "url": a["gateway_url"], "api_token": secrets["gateway_token"],
                    "display": False}
         if platform.runs_gateway_service:
             gateway.update(platform.gateway_service(runtime))
@@ -181,7 +190,7 @@ def configure_gateway(c, runtime: dict) -> None:
     dask = s["dask"]
     platform = platform_for(runtime)
     dask_cmd, environment = platform.configure_gateway(c, runtime)
-    c.Proxy.prefix = "/services/dask-gateway"
+    c.Proxy.prefix = GATEWAY_PREFIX
     c.DaskGateway.authenticator_class = "dask_gateway_server.auth.JupyterHubAuthenticator"
     c.JupyterHubAuthenticator.jupyterhub_api_url = addresses(runtime)["hub_api_url"]
     cc = c.ClusterConfig
@@ -196,15 +205,15 @@ def configure_gateway(c, runtime: dict) -> None:
     cc.environment = environment
 
     def options_handler(options, user):
-        config = {"worker_cores": options.worker_cores, "worker_memory": int(options.worker_memory * 2**30)}
+        config = {WORKER_CORES: options.worker_cores, WORKER_MEMORY: int(options.worker_memory * WORKER_MEMORY_UNIT)}
         config.update(platform.cluster_config(runtime, user.name, environment))
         return config
 
-    max_mem = parse_bytes(str(dask["max_memory"])) / 2**30
+    max_mem = parse_bytes(str(dask["max_memory"])) / WORKER_MEMORY_UNIT
     c.Backend.cluster_options = Options(
-        Integer("worker_cores", default=dask["worker_cores"], min=1, max=dask["max_cores"], label="Cores per worker"),
-        Float("worker_memory", default=parse_bytes(str(dask["worker_memory"])) / 2**30, min=0.25, max=max_mem,
+        Integer(WORKER_CORES, default=dask["worker_cores"], min=1, max=dask["max_cores"], label="Cores per worker"),
+        Float(WORKER_MEMORY, default=parse_bytes(str(dask["worker_memory"])) / WORKER_MEMORY_UNIT, min=0.25, max=max_mem,
               label="Memory per worker (GiB)"),
-        Bool("detached", default=False, label="Keep running after my notebook server stops (for scripts)"),
+        Bool(DETACHED, default=False, label="Keep running after my notebook server stops (for scripts)"),
         handler=options_handler,
     )

@@ -27,6 +27,7 @@ from traitlets import Bool, HasTraits, List, Unicode
 
 from analysis_lib import Policy
 from analysis_lib.catalog import Catalog, load_catalog
+from analysis_lib.contract import AUDIT_SOCKET_ENV, CATALOG_ENV
 
 from . import network, rootfs
 from .platform import USER_CATALOG as IN_SANDBOX_CATALOG, USER_CATALOG_DIR as IN_SANDBOX_CATALOG_DIR
@@ -260,7 +261,7 @@ class Sandboxed(HasTraits):
 
     def sandbox_env(self) -> dict:
         """Where the library finds the catalog and the audit socket, inside the sandbox (or not)."""
-        env = {"BEAMSIDE_CATALOG": IN_SANDBOX_CATALOG if self.isolate else self.catalog}
+        env = {CATALOG_ENV: IN_SANDBOX_CATALOG if self.isolate else self.catalog}
         if self.audit_socket:
-            env["BEAMSIDE_AUDIT_SOCKET"] = IN_SANDBOX_AUDIT if self.isolate else self.audit_socket
+            env[AUDIT_SOCKET_ENV] = IN_SANDBOX_AUDIT if self.isolate else self.audit_socket
         return env

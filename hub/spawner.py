@@ -31,6 +31,7 @@ from traitlets import Unicode
 
 from analysis_lib import Policy
 from analysis_lib.catalog import load_catalog
+from analysis_lib.contract import DETACHED
 
 from . import rootfs, sandbox
 from .accounts import Account, ensure_account
@@ -184,7 +185,7 @@ class BeamsideSpawner(sandbox.Sandboxed, LocalProcessSpawner):
             resp = await client.fetch(HTTPRequest(f"{self.gateway_api_url}/v1/clusters/", headers=headers, request_timeout=10))
             clusters = json.loads(resp.body)
             for name, report in clusters.items():
-                if not (report.get("options") or {}).get("detached"):
+                if not (report.get("options") or {}).get(DETACHED):
                     await client.fetch(
                         HTTPRequest(f"{self.gateway_api_url}/v1/clusters/{name}", method="DELETE", headers=headers,
                                     request_timeout=10)

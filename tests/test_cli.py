@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -88,3 +89,17 @@ def test_output_inside_beamtime_data_is_refused_before_reading(demo):
                    env_extra=demo)
     assert run.returncode == 2 and "inside beamtime data" in run.stderr
     assert "reducing" not in run.stderr  # refused before any work
+
+
+def test_hub_commands_come_from_the_hub_and_the_library_never_imports_it():
+    # `beamside up` and `beamside passwd` are added by beamside_hub through an entry point
+    for command in ("up", "passwd"):
+        run = beamside(command, "--help")
+        assert run.returncode == 0, run.stderr
+        assert f"usage: beamside {command}" in run.stdout
+    library = os.path.dirname(al.__file__)
+    for name in os.listdir(library):
+        if name.endswith(".py"):
+            with open(os.path.join(library, name)) as f:
+                imports = re.findall(r"^\s*(?:from|import)\s+beamside_hub\b", f.read(), re.MULTILINE)
+            assert not imports, f"analysis_lib/{name} imports beamside_hub"

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 

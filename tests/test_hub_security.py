@@ -10,7 +10,6 @@ with a catalog this module owns, so that it can revoke access while servers run.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import stat
