@@ -86,24 +86,14 @@ def test_corrupt_chunk_names_file_dataset_and_chunk(tmp_path, compression):
 
 def _damage_pipelines():
     import hdf5plugin
-    import lz4.block
 
-    fletcher_unchecked = pytest.mark.xfail(
-        strict=True, raises=AssertionError,
-        reason="library bug: decode_chunk strips the Fletcher32 checksum without verifying it (analysis_lib/_chunks.py)")
     return [
         pytest.param(dict(hdf5plugin.Bitshuffle(cname="lz4")), False, id="bitshuffle-lz4"),
         pytest.param({"compression": "gzip", "shuffle": True}, True, id="gzip+shuffle"),  # zlib's adler32
         pytest.param(dict(hdf5plugin.Zstd()), False, id="zstd"),
-        pytest.param(
-            dict(hdf5plugin.LZ4()), False, id="lz4",
-            marks=pytest.mark.xfail(
-                strict=True, raises=lz4.block.LZ4BlockError,
-                reason="library bug: lz4's LZ4BlockError (module '_block') escapes _read_chunk's CorruptChunkError "
-                       "translation (analysis_lib/_chunks.py)")),
-        pytest.param({"fletcher32": True}, True, id="fletcher32", marks=fletcher_unchecked),
-        pytest.param({**hdf5plugin.Bitshuffle(cname="lz4"), "fletcher32": True}, True, id="bitshuffle-lz4+fletcher32",
-                     marks=fletcher_unchecked),
+        pytest.param(dict(hdf5plugin.LZ4()), False, id="lz4"),
+        pytest.param({"fletcher32": True}, True, id="fletcher32"),
+        pytest.param({**hdf5plugin.Bitshuffle(cname="lz4"), "fletcher32": True}, True, id="bitshuffle-lz4+fletcher32"),
     ]
 
 
