@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ._backend import SOURCE_ATTR, access_policy
+from ._backend import access_policy
 from ._errors import BeamsideError
+from ._provenance import SOURCE as SOURCE_ATTR
 
 GEOMETRY_ATTR = "beamside_geometry"  # on the signal: its PONI file, relative to the data file's folder
 TARGET_ATTR = "target"  # NeXus: the path of the field a link points to
