@@ -62,17 +62,16 @@ class _Beamtimes:
 
     def __init__(self, catalog: str):
         self.catalog = catalog
-        self._mtime = None
+        self._loaded = None  # load_catalog re-reads a changed file; the roots follow its object
         self._roots: list[tuple[Path, str]] = []
 
     def of(self, path: str) -> str | None:
         try:
-            mtime = os.stat(self.catalog).st_mtime_ns
-            if mtime != self._mtime:
-                cat = load_catalog(self.catalog)
+            cat = load_catalog(self.catalog)
+            if cat is not self._loaded:
                 self._roots = sorted({(r, bt.id) for bt in cat.beamtimes for r in (bt.real_path, Path(bt.path))},
                                      key=lambda rb: -len(rb[0].parts))
-                self._mtime = mtime
+                self._loaded = cat
         except Exception:  # a broken catalog: entries keep their paths, the beamtime stays unknown
             pass
         p = Path(os.path.normpath(path))
