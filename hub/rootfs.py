@@ -102,7 +102,12 @@ def create_file(parent: int, name: str, *, mode: int, uid: int = 0, gid: int = 0
 
 
 def replace_file(parent: int, name: str, data: bytes, *, mode: int, uid: int = 0, gid: int = 0) -> None:
-    """Write ``name`` in ``parent`` atomically (a fresh temporary file, then a rename in the same folder)."""
+    """Write ``name`` in ``parent`` atomically (a fresh temporary file, then a rename in the same folder).
+
+    A file that already holds ``data`` with that owner and mode is left alone: the spawner rewrites
+    each user's sandbox files on every poll, and most polls change nothing."""
+    if _holds(parent, name, data, mode, uid, gid):
+        return
     tmp = f".{name}.tmp"
     try:
         os.unlink(tmp, dir_fd=parent)
@@ -114,6 +119,21 @@ def replace_file(parent: int, name: str, data: bytes, *, mode: int, uid: int = 0
     finally:
         os.close(fd)
     os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+
+
+def _holds(parent: int, name: str, data: bytes, mode: int, uid: int, gid: int) -> bool:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (uid, gid, mode) \
+                or st.st_size != len(data):
+            return False
+        return os.read(fd, len(data) + 1) == data
+    finally:
+        os.close(fd)
 
 
 def _check_name(name: str) -> None:
