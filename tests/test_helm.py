@@ -487,17 +487,13 @@ def normalised(pod: dict) -> dict:
     return pod
 
 
+# alice's own view of the demo-like catalog, as both her pods carry it (and only it)
+ALICE_CATALOG = ("data_root: /data\nbeamtimes:\n- id: bt-1001\n  title: In-situ XRD of battery cathodes\n"
+                 "  path: bt-1001\n  confidential: false\n  members:\n  - user: alice\n    role: pi\n")
+
 ALICE_NOTEBOOK_POD = {'apiVersion': 'v1',
      'kind': 'Pod',
-     'metadata': {'annotations': {'beamside.org/catalog': 'data_root: /data\n'
-                                                          'beamtimes:\n'
-                                                          '- id: bt-1001\n'
-                                                          '  title: In-situ XRD of battery cathodes\n'
-                                                          '  path: bt-1001\n'
-                                                          '  confidential: false\n'
-                                                          '  members:\n'
-                                                          '  - user: alice\n'
-                                                          '    role: pi\n',
+     'metadata': {'annotations': {'beamside.org/catalog': ALICE_CATALOG,
                                   'hub.jupyter.org/jupyterhub-version': '<version>',
                                   'hub.jupyter.org/kubespawner-version': '<version>',
                                   'hub.jupyter.org/username': 'alice'},
@@ -611,15 +607,7 @@ ALICE_DASK_WORKER_POD = {'apiVersion': 'v1',
                              'gateway.dask.org/instance': 't-gateway',
                              'gateway.dask.org/cluster': '<cluster>',
                              'app.kubernetes.io/component': 'dask-worker'},
-                  'annotations': {'beamside.org/catalog': 'data_root: /data\n'
-                                                          'beamtimes:\n'
-                                                          '- id: bt-1001\n'
-                                                          '  title: In-situ XRD of battery cathodes\n'
-                                                          '  path: bt-1001\n'
-                                                          '  confidential: false\n'
-                                                          '  members:\n'
-                                                          '  - user: alice\n'
-                                                          '    role: pi\n'},
+                  'annotations': {'beamside.org/catalog': ALICE_CATALOG},
                   'generateName': 'dask-worker-<cluster>-'},
      'spec': {'containers': [{'name': 'dask-worker',
                               'image': 'ghcr.io/beamside/singleuser:0.1.0',
