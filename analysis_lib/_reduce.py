@@ -144,7 +144,9 @@ def _per_block(reader, data: da.Array, fn, shape_of, kernel: Kernel) -> list[da.
 def _fold_frames(reader, start: int, stop: int, kernel: Kernel) -> np.ndarray:
     frames = reader.frames(start, stop)
     if kernel.merge.identity is not None:
-        total = np.full(reader.shape[1:], kernel.merge.identity, dtype=kernel.dtype)
+        total = np.zeros(reader.shape[1:], dtype=kernel.dtype)  # calloc: pages zeroed lazily, as before the door
+        if kernel.merge.identity != 0:
+            total[...] = kernel.merge.identity
     elif stop > start:
         total = np.array(next(frames), dtype=kernel.dtype)
     else:
