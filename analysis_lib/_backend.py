@@ -3,8 +3,12 @@
 Three parts, as xarray's guide for new backends has them: a thread-safe
 ``BackendArray`` that reads one region, a store that pickles to Dask workers
 as paths and byte offsets (the readers in :mod:`._chunks`), and the
-``BackendEntrypoint`` that recognises NeXus/HDF5 files and sets
-``preferred_chunks`` from the HDF5 chunking.
+``BackendEntrypoint`` that recognises NeXus/HDF5 files (by their HDF5
+signature) and sets ``preferred_chunks`` to whole HDF5 chunks of about
+``beamside.chunk-size`` bytes (:func:`dask_chunks`), so that
+``xr.open_dataset(path, engine="nexus", chunks={})`` gives ``al.open``'s
+chunks, and ``al.ops`` streams such untouched frames from the file
+(:mod:`._reduce`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from . import _audit, _config, _provenance
 from ._access import Boundary, Policy
 from ._chunks import reader_for
 from ._layout import FileDescription
-from ._probe import describe, tree
+from ._probe import describe, has_hdf5_signature, tree
 from .catalog import CATALOG_ENV, current_user
 
 
@@ -73,15 +77,35 @@ def file_tree(path, *, user=None, catalog=None) -> tuple[str, list[dict]]:
     return real, tree(real, boundary, **_guards())
 
 
+def dask_chunks(stored, dims, target_bytes: int) -> dict:
+    """Dask chunk sizes that are whole HDF5 chunks: fill the trailing axes first, then frames.
+
+    A whole detector frame per block keeps reads sequential; stacking frames
+    up to ``target_bytes`` keeps Dask's per-task overhead small.
+    """
+    shape = stored.shape
+    base = list(stored.chunks) if stored.chunks else [1] * (len(shape) - 2) + list(shape[-2:]) if len(shape) >= 2 else list(shape)
+    base = [min(b, n) if n else 1 for b, n in zip(base, shape)]
+    itemsize = np.dtype(stored.dtype).itemsize
+    sizes = list(base)
+    for axis in reversed(range(len(shape))):
+        others = int(np.prod([s for i, s in enumerate(sizes) if i != axis], dtype=np.int64)) * itemsize
+        fit = max(1, target_bytes // max(1, others * base[axis]))
+        sizes[axis] = min(shape[axis], base[axis] * fit) if shape[axis] else 1
+        if sizes[axis] < shape[axis]:
+            break  # this axis could not be filled: leading axes stay one HDF5 chunk deep
+    return {d: s for d, s in zip(dims, sizes)}
+
+
 def dataset_from_description(desc: FileDescription) -> xr.Dataset:
     data_vars = {}
+    target = _config.get_bytes("chunk-size")
     for v in desc.variables:
         stored = v.stored
         reader = reader_for(stored)
         array = indexing.LazilyIndexedArray(NexusBackendArray(reader))
-        encoding = {"dtype": np.dtype(stored.dtype), "beamside_reader": reader}
+        encoding = {"dtype": np.dtype(stored.dtype), "preferred_chunks": dask_chunks(stored, v.dims, target)}
         if stored.chunks:
-            encoding["preferred_chunks"] = dict(zip(v.dims, stored.chunks))
             encoding["chunksizes"] = stored.chunks
         attrs = {**v.attrs, _provenance.SOURCE: stored.file, _provenance.DATASET: stored.path}
         data_vars[v.name] = xr.Variable(v.dims, array, attrs, encoding)
@@ -111,4 +135,11 @@ class NexusBackendEntrypoint(BackendEntrypoint):
         if not isinstance(filename_or_obj, (str, os.PathLike)):
             return False
         # Plain .h5 files are left to h5netcdf unless engine="nexus" is asked for.
-        return os.path.splitext(os.fspath(filename_or_obj))[1].lower() in (".nxs", ".nx5", ".nexus")
+        path = os.fspath(filename_or_obj)
+        if os.path.splitext(path)[1].lower() not in (".nxs", ".nx5", ".nexus"):
+            return False
+        try:
+            return has_hdf5_signature(path)  # a .nxs text file (or folder) is not ours to claim
+        except OSError:
+            return False
+

@@ -22,10 +22,10 @@ import xarray as xr
 
 from ._backend import access_policy
 from ._errors import BeamsideError
-from ._provenance import SOURCE as SOURCE_ATTR
+from ._provenance import LINK_TARGET, SOURCE as SOURCE_ATTR
 
 GEOMETRY_ATTR = "beamside_geometry"  # on the signal: its PONI file, relative to the data file's folder
-TARGET_ATTR = "target"  # NeXus: the path of the field a link points to
+TARGET_ATTR = LINK_TARGET  # NeXus: the path of the field a link points to
 PIXEL_MASK = "pixel_mask"  # NXdetector's field: non-zero for pixels without usable counts
 _FALLBACK_DETECTOR = "/entry/instrument/detector"
 

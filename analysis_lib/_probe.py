@@ -31,21 +31,29 @@ _MODULE = "analysis_lib._probe"
 # ---------------------------------------------------------------------------
 # parent side
 # ---------------------------------------------------------------------------
-def check_signature(path: str | os.PathLike) -> None:
-    """Cheap first look in the caller: refuse non-HDF5 files without starting a probe.
+def has_hdf5_signature(path: str | os.PathLike) -> bool:
+    """True if ``path`` is an HDF5 file by its signature.
 
     HDF5 looks for its signature at offset 0, 512, 1024, 2048, ... (a user block
-    may come first).
+    may come first). Raises OSError if the file cannot be read.
     """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        offset = 0
+        while offset + 8 <= size:
+            f.seek(offset)
+            if f.read(8) == HDF5_SIGNATURE:
+                return True
+            offset = 512 if offset == 0 else offset * 2
+    return False
+
+
+def check_signature(path: str | os.PathLike) -> None:
+    """Cheap first look in the caller: refuse non-HDF5 files without starting a probe."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            offset = 0
-            while offset + 8 <= size:
-                f.seek(offset)
-                if f.read(8) == HDF5_SIGNATURE:
-                    return
-                offset = 512 if offset == 0 else offset * 2
+        if has_hdf5_signature(path):
+            return
+        size = os.stat(path).st_size
     except IsADirectoryError:
         raise NotHDF5Error("this is a folder, not an HDF5/NeXus file", file=path) from None
     except FileNotFoundError:

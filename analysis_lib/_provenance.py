@@ -23,6 +23,10 @@ REF = "beamside_ref"  # the beamtime reference a remote reduction was asked for
 
 # Not copied to a saved file as plain attributes: al.save writes them to /entry/process.
 PROCESS_ONLY = (SOURCE, STEPS)
+# NeXus ``@target``: where a linked field really lives. True of the source's signal, never of a
+# result computed from it (``correct`` and ``bin`` keep the frames' attrs), so al.save drops it.
+LINK_TARGET = "target"
+NOT_SAVED = (*PROCESS_ONLY, LINK_TARGET)
 
 
 def record_step(result, frames, op: str, parameters: dict):

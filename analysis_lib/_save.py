@@ -251,7 +251,7 @@ def _write_dataset(group: h5py.Group, name: str, values: np.ndarray, attrs: dict
 
 def _write_attrs(obj: h5py.Group | h5py.Dataset, attrs: dict) -> None:
     for key, value in attrs.items():
-        if key not in _provenance.PROCESS_ONLY:
+        if key not in _provenance.NOT_SAVED:
             obj.attrs[str(key)] = _h5_value(value)
 
 

@@ -23,6 +23,7 @@ import xarray as xr
 from ._integrator import integrate1d  # one pyFAI integrator per process, shared with the viewer
 
 from ._provenance import SOURCE, data_stayed_here, record_step as _finish
+from ._reduce import Kernel, reduce_frames
 from ._reductions import REDUCTIONS
 
 __all__ = [
@@ -73,67 +74,9 @@ def _accumulator(dtype) -> np.dtype:
     return np.dtype(np.float64)
 
 
-def _dask(arr: xr.DataArray, whole_images: bool = True) -> da.Array:
-    """The Dask array behind ``arr``; with whole images in every block if asked."""
-    data = arr.data if isinstance(arr.data, da.Array) else da.from_array(np.asarray(arr.data), chunks="auto")
-    if whole_images and (len(data.chunks[-1]) > 1 or len(data.chunks[-2]) > 1):
-        data = data.rechunk({data.ndim - 2: -1, data.ndim - 1: -1})
-    return data
-
-
-def _fused(frames: xr.DataArray):
-    """The file reader behind ``frames`` if they come untouched from ``al.open`` (else None).
-
-    Then a reduction can decode frame by frame into a reused buffer and reduce
-    each frame while it is in cache, instead of materialising 100+ MiB blocks.
-    """
-    from ._chunks import ChunkedReader
-
-    reader = frames.encoding.get("beamside_reader")
-    data = frames.data
-    if (
-        isinstance(reader, ChunkedReader)
-        and isinstance(data, da.Array)
-        and frames.encoding.get("beamside_dask_name") == data.name
-        and reader.whole_frames()
-        and data.shape == reader.shape
-        and len(data.chunks[1]) == len(data.chunks[2]) == 1
-    ):
-        return reader
-    return None
-
-
-def _per_block(reader, data: da.Array, fn, shape_of, dtype, *args) -> list[da.Array]:
-    """One task per Dask block of frames: ``fn(reader, start, stop, *args)``; the reader is one shared key."""
-    import dask
-
-    shared = dask.delayed(reader, pure=True)
-    bounds = np.cumsum((0,) + data.chunks[0])
-    return [
-        da.from_delayed(dask.delayed(fn, pure=True)(shared, int(a), int(b), *args), shape=shape_of(int(b - a)), dtype=dtype)
-        for a, b in zip(bounds[:-1], bounds[1:])
-    ]
-
-
-def _sum_frames(reader, start: int, stop: int, acc) -> np.ndarray:
-    total = np.zeros(reader.shape[1:], dtype=acc)
-    for frame in reader.frames(start, stop):
-        np.add(total, frame, out=total)
-    return total
-
-
-def _roi_frames(reader, start: int, stop: int, selectors, acc) -> np.ndarray:
-    out = np.empty((stop - start, len(selectors)), dtype=acc)
-    for i, frame in enumerate(reader.frames(start, stop)):
-        out[i] = _roi_block(frame[np.newaxis], selectors, acc)[0]
-    return out
-
-
-def _stats_frames(reader, start: int, stop: int, acc) -> np.ndarray:
-    out = np.empty((stop - start, 3), dtype=np.float64)
-    for i, frame in enumerate(reader.frames(start, stop)):
-        out[i] = (frame.sum(dtype=acc), frame.min(), frame.max())
-    return out
+def _dask(arr: xr.DataArray) -> da.Array:
+    """The Dask array behind ``arr`` (numpy-backed frames become one)."""
+    return arr.data if isinstance(arr.data, da.Array) else da.from_array(np.asarray(arr.data), chunks="auto")
 
 
 # ---------------------------------------------------------------------------
@@ -148,25 +91,17 @@ def _stats_block(block: np.ndarray, acc) -> np.ndarray:
     return out
 
 
+def _stats_frame(frame: np.ndarray, acc) -> tuple:
+    return frame.sum(dtype=acc), frame.min(), frame.max()
+
+
 def frame_stats(frames) -> xr.Dataset:
     """Sum, mean, min and max of every frame, in one pass over the data."""
     frames = _frames(frames)
     lead, image = _split(frames)
-    data = _dask(frames)
     acc = _accumulator(frames.dtype)
-    reader = _fused(frames)
-    if reader is not None:
-        stats = da.concatenate(_per_block(reader, data, _stats_frames, lambda n: (n, 3), np.float64, acc))
-    else:
-        stats = data.map_blocks(
-            _stats_block,
-            acc,
-            drop_axis=[data.ndim - 2, data.ndim - 1],
-            new_axis=[data.ndim - 2],
-            chunks=data.chunks[:-2] + ((3,),),
-            dtype=np.float64,
-            meta=np.empty((0,) * (data.ndim - 1), dtype=np.float64),
-        )
+    kernel = Kernel(np.dtype(np.float64), block=_stats_block, frame=_stats_frame, tail=(3,), args=(acc,))
+    stats = reduce_frames(_dask(frames), kernel)
     npix = frames.shape[-1] * frames.shape[-2]
     coords = {k: v for k, v in frames.coords.items() if set(v.dims) <= set(lead)}
     total = stats[..., 0].astype(acc) if acc.kind != "f" else stats[..., 0]
@@ -186,15 +121,8 @@ def mean_frame(frames) -> xr.DataArray:
     """The average frame (float64) over every frame of the stack."""
     frames = _frames(frames)
     lead, image = _split(frames)
-    data = _dask(frames, whole_images=False)
-    axes = tuple(range(len(lead)))
     n = int(np.prod([frames.sizes[d] for d in lead], dtype=np.int64)) or 1
-    acc = _accumulator(frames.dtype)
-    reader = _fused(frames)
-    if reader is not None:
-        total = da.stack(_per_block(reader, data, _sum_frames, lambda n: reader.shape[1:], acc, acc)).sum(axis=0)
-    else:
-        total = data.sum(axis=axes, dtype=acc)
+    total = reduce_frames(_dask(frames), Kernel(_accumulator(frames.dtype), merge=np.add))
     out = xr.DataArray(total.astype(np.float64) / n, dims=image, coords=_image_coords(frames), name="mean_frame")
     out.attrs.update({"long_name": "mean frame", "units": frames.attrs.get("units", ""), "frames": n})
     return _finish(out, frames, "mean_frame", {})
@@ -203,9 +131,9 @@ def mean_frame(frames) -> xr.DataArray:
 def max_frame(frames) -> xr.DataArray:
     """The pixel-wise maximum over every frame of the stack."""
     frames = _frames(frames)
-    lead, image = _split(frames)
-    data = _dask(frames, whole_images=False)
-    out = xr.DataArray(data.max(axis=tuple(range(len(lead)))), dims=image, coords=_image_coords(frames), name="max_frame")
+    image = frames.dims[-2:]
+    peak = reduce_frames(_dask(frames), Kernel(frames.dtype, merge=np.maximum))
+    out = xr.DataArray(peak, dims=image, coords=_image_coords(frames), name="max_frame")
     out.attrs.update({"long_name": "maximum frame", "units": frames.attrs.get("units", "")})
     return _finish(out, frames, "max_frame", {})
 
@@ -267,22 +195,8 @@ def roi_sums(frames, rois) -> xr.DataArray:
     frames = _frames(frames)
     lead, image = _split(frames)
     names, selectors = _roi_masks(rois, frames.shape[-2:])
-    data = _dask(frames)
     acc = _accumulator(frames.dtype)
-    reader = _fused(frames)
-    if reader is not None:
-        sums = da.concatenate(_per_block(reader, data, _roi_frames, lambda n: (n, len(names)), acc, selectors, acc))
-    else:
-        sums = data.map_blocks(
-            _roi_block,
-            selectors,
-            acc,
-            drop_axis=[data.ndim - 2, data.ndim - 1],
-            new_axis=[data.ndim - 2],
-            chunks=data.chunks[:-2] + ((len(names),),),
-            dtype=acc,
-            meta=np.empty((0,) * (data.ndim - 1), dtype=acc),
-        )
+    sums = reduce_frames(_dask(frames), Kernel(acc, block=_roi_block, tail=(len(names),), args=(selectors, acc)))
     coords = {k: v for k, v in frames.coords.items() if set(v.dims) <= set(lead)}
     coords["roi"] = names
     out = xr.DataArray(sums, dims=lead + ("roi",), coords=coords, name="roi_sums")
@@ -394,20 +308,8 @@ def radial_profile(frames, poni, npt: int = 1000, unit: str = "q_nm^-1", mask=No
     probe = integrate1d(poni, np.zeros(frames.shape[-2:], dtype=np.float32), npt, unit, mask_arr, **integrate1d_kwargs)
     radial_unit = probe.unit
     dim = str(getattr(radial_unit, "name", unit)).split("_")[0]
-    data = _dask(frames)
-    profiles = data.map_blocks(
-        _radial_block,
-        poni,
-        npt,
-        unit,
-        mask_arr,
-        integrate1d_kwargs,
-        drop_axis=[data.ndim - 2, data.ndim - 1],
-        new_axis=[data.ndim - 2],
-        chunks=data.chunks[:-2] + ((npt,),),
-        dtype=np.float64,
-        meta=np.empty((0,) * (data.ndim - 1), dtype=np.float64),
-    )
+    kernel = Kernel(np.dtype(np.float64), block=_radial_block, tail=(npt,), args=(poni, npt, unit, mask_arr, integrate1d_kwargs))
+    profiles = reduce_frames(_dask(frames), kernel)
     coords = {k: v for k, v in frames.coords.items() if set(v.dims) <= set(lead)}
     units = str(getattr(radial_unit, "unit_symbol", "") or unit)
     coords[dim] = xr.Variable(dim, probe.radial, {"units": units.strip("$"), "long_name": str(radial_unit)})

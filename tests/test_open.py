@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dask
 import dask.array as da
 import h5py
@@ -13,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import analysis_lib as al
-from analysis_lib._backend import describe_file
+from analysis_lib._backend import NexusBackendEntrypoint, dask_chunks, describe_file
 from analysis_lib._chunks import ChunkedReader, H5Reader, SegmentReader, reader_for
-from analysis_lib._open import dask_chunks
+from analysis_lib._reduce import streaming_reader
 
 from .conftest import write_stack
 
@@ -92,12 +94,52 @@ def test_auto_chunks_are_whole_hdf5_chunks_frame_axis_first(tmp_path):
 
 
 def test_xarray_engine_with_preferred_chunks(tmp_path):
-    frames = np.arange(4 * 8 * 6, dtype=np.uint16).reshape(4, 8, 6)
+    """``xr.open_dataset(engine="nexus", chunks={})`` is ``al.open``: the same chunks, the same streaming reductions."""
+    frames = np.arange(40 * 8 * 6, dtype=np.uint16).reshape(40, 8, 6)
     path = write_stack(tmp_path / "scan.nxs", frames)
-    ds = xr.open_dataset(path, engine="nexus", chunks={})
-    assert ds["data"].chunks == ((1, 1, 1, 1), (8,), (6,))
+    with dask.config.set({"beamside.chunk-size": 8 * 6 * 2 * 16}):  # 16 frames a block
+        ds = xr.open_dataset(path, engine="nexus", chunks={})
+        opened = al.open(path)
+    assert ds["data"].chunks == opened["data"].chunks == ((16, 16, 8), (8,), (6,))
     np.testing.assert_array_equal(ds["data"].values, frames)
+    assert streaming_reader(ds["data"].data) is not None
+    mean = al.ops.mean_frame(ds)
+    assert any(str(key[0] if isinstance(key, tuple) else key).startswith("_fold_frames") for key in mean.data.dask)
+    np.testing.assert_array_equal(mean.values, frames.mean(axis=0))
     # (no engine= autodetection test: xarray asks its built-in engines first, and h5netcdf claims any HDF5 file)
+
+
+def test_dask_names_are_deterministic_and_change_with_the_file(tmp_path):
+    """Dask names (which caches key on) are the same for the same file, new when it is rewritten."""
+    path = write_stack(tmp_path / "scan.nxs", np.ones((4, 8, 6), dtype=np.uint16))
+    name = al.open(path)["data"].data.name
+    assert al.open(path)["data"].data.name == name
+    assert xr.open_dataset(path, engine="nexus", chunks={})["data"].data.name != al.open(path, chunks={"frame": 1})["data"].data.name
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert al.open(path)["data"].data.name != name
+
+
+def test_guess_can_open_by_signature(tmp_path):
+    """The engine claims NeXus-named files that are HDF5 (a user block before the superblock allowed), nothing else."""
+    engine = NexusBackendEntrypoint()
+    nexus = write_stack(tmp_path / "scan.nxs", np.ones((2, 4, 4), dtype=np.uint16))
+    user_block = tmp_path / "with_user_block.nxs"
+    with h5py.File(user_block, "w", userblock_size=1024) as f:
+        f["data"] = np.ones(3)
+    with open(user_block, "r+b") as fh:
+        fh.write(b"beamline notes, not HDF5")
+    text = tmp_path / "notes.nxs"
+    text.write_text("not HDF5, whatever the name says\n" * 200)
+    hdf5_named_h5 = tmp_path / "plain.h5"
+    with h5py.File(hdf5_named_h5, "w") as f:
+        f["data"] = np.ones(3)
+    (tmp_path / "folder.nxs").mkdir()
+    assert engine.guess_can_open(nexus) and engine.guess_can_open(str(user_block))
+    for other in (text, tmp_path / "empty.nxs", tmp_path / "folder.nxs", tmp_path / "missing.nxs", hdf5_named_h5):
+        if other.name == "empty.nxs":
+            other.write_bytes(b"")
+        assert not engine.guess_can_open(other), other
 
 
 @pytest.mark.parametrize("name", list(COMPRESSIONS))

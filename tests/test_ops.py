@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
 import analysis_lib as al
+from analysis_lib._reduce import streaming_reader
 from analysis_lib.catalog import CATALOG_ENV
 
 ops = al.ops
@@ -657,9 +658,9 @@ def test_fused_reductions_read_frames_straight_from_the_file(tmp_path):
 
     arr = np.random.default_rng(5).poisson(7, (9, 24, 20)).astype(np.uint32)
     frames = al.open(write_stack(tmp_path / "s.nxs", arr), chunks={"frame": 4})["data"]
-    assert ops._fused(frames) is not None
+    assert streaming_reader(frames.data) is not None
     for changed in (frames[1:], frames + 1, frames.chunk({"row": 12})):
-        assert ops._fused(changed) is None
+        assert streaming_reader(changed.data) is None
     np.testing.assert_allclose(ops.mean_frame(frames).values, arr.mean(axis=0))
     stats = ops.frame_stats(frames)
     np.testing.assert_array_equal(stats["sum"].values, arr.reshape(9, -1).sum(axis=1))
@@ -669,3 +670,39 @@ def test_fused_reductions_read_frames_straight_from_the_file(tmp_path):
     np.testing.assert_array_equal(rois.sel(roi="box").values, arr[:, 2:10, 3:15].sum(axis=(1, 2)))
     np.testing.assert_array_equal(rois.sel(roi="mask").values, arr[:, mask].sum(axis=1))
     np.testing.assert_array_equal(ops.mean_frame(frames[2:7]).values, arr[2:7].mean(axis=0))
+
+
+@pytest.mark.parametrize("dtype", ["uint32", "float32"])
+def test_streaming_and_generic_paths_give_equal_results(tmp_path, dtype, rings):
+    """Each reduction streams untouched frames and gives, bit for bit, what the generic path gives on touched ones."""
+    from .conftest import write_stack
+
+    rng = np.random.default_rng(11)
+    arr = rng.poisson(7, (10, 24, 20)).astype(dtype)
+    if dtype == "float32":
+        arr = arr / 8 - 1  # multiples of 1/8: every sum is exact, in any order
+        arr = arr.astype(np.float32)
+    frames = al.open(write_stack(tmp_path / "s.nxs", arr), chunks={"frame": 4})["data"]
+    touched = frames + 0
+    assert touched.dtype == frames.dtype
+    assert streaming_reader(frames.data) is not None and streaming_reader(touched.data) is None
+    mask = arr[0] > 7
+    reductions = {
+        "mean_frame": ops.mean_frame,
+        "max_frame": ops.max_frame,
+        "frame_stats": ops.frame_stats,
+        "roi_sums": lambda f: ops.roi_sums(f, {"box": (2, 10, 3, 15), "mask": mask}),
+    }
+    ring_frames = rings["ds"]["data"]
+    cases = [(frames, touched, reduce) for reduce in reductions.values()]
+    cases.append((ring_frames, ring_frames + 0, lambda f: ops.radial_profile(f, rings["poni"], npt=40)))
+    assert streaming_reader(ring_frames.data) is not None
+    for untouched, generic_input, reduce in cases:
+        streamed, generic = reduce(untouched).compute(), reduce(generic_input).compute()
+        xr.testing.assert_identical(streamed.drop_attrs(), generic.drop_attrs())
+    np.testing.assert_array_equal(ops.max_frame(frames).values, arr.max(axis=0))
+    np.testing.assert_array_equal(ops.mean_frame(frames).values, arr.astype(np.float64).sum(axis=0) / 10)
+    sliced = frames[3:9]
+    assert streaming_reader(sliced.data) is None
+    np.testing.assert_array_equal(ops.max_frame(sliced).values, arr[3:9].max(axis=0))
+    np.testing.assert_array_equal(ops.frame_stats(sliced)["sum"].values, arr[3:9].sum(axis=(1, 2), dtype=_accumulator(dtype)))

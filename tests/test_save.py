@@ -101,6 +101,33 @@ def test_dataarray_roundtrip_with_coords_units_and_attrs(tmp_path):
         assert json.loads(attrs["geometry"]) == {"distance": 0.2, "pixel": [75e-6, 75e-6]}
 
 
+def test_results_do_not_carry_the_sources_link_target(tmp_path):
+    """The detector signal's NeXus ``@target`` is true of the raw file only: a saved result is no link target."""
+    import analysis_lib as al
+
+    from .conftest import write_stack
+
+    def link_from_the_detector(f):
+        f.create_group("/entry/instrument/detector")["data"] = f["/entry/data/data"]  # a hard link, @target on the field
+        f["/entry/data/data"].attrs["target"] = "/entry/instrument/detector/data"
+
+    raw = write_stack(tmp_path / "raw.nxs", np.ones((4, 8, 8), dtype=np.uint16), extra=link_from_the_detector)
+    frames = al.open(raw)["data"]
+    assert frames.attrs["target"] == "/entry/instrument/detector/data"
+    for name, result in {"bin": al.ops.bin(frames, 2), "correct": al.ops.correct(frames), "mean": al.ops.mean_frame(frames)}.items():
+        with h5py.File(save(result, tmp_path / f"{name}.nxs"), "r") as f:
+            for obj in [f, *(f[p] for p in _all_paths(f))]:
+                assert "target" not in obj.attrs, (name, obj.name)
+            signal = f["/entry/result"].attrs["signal"]
+            assert f["/entry/result"][signal].attrs["units"] == "counts"  # the other attrs travel as before
+
+
+def _all_paths(f: h5py.File) -> list[str]:
+    paths: list[str] = []
+    f.visit(paths.append)
+    return paths
+
+
 def test_dataset_with_two_variables(tmp_path):
     ds = xr.Dataset(
         {
