@@ -47,6 +47,12 @@ def processes_of(uid: int) -> list[int]:
     return pids
 
 
+def parse_config(text: str) -> dict:
+    """``scontrol show config``: one ``Name = value`` a line."""
+    pairs = (line.split("=", 1) for line in text.splitlines() if " = " in line)
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
 def submit(slurm, account, script: str, *options: str) -> int:
     acct, home = account
     return slurm.sbatch(script, "--output", str(home / "slurm-%j.out"), "--chdir", str(home), *options,
@@ -55,9 +61,11 @@ def submit(slurm, account, script: str, *options: str) -> int:
 
 def test_node_is_idle_and_configured_by_this_run_only(slurm):
     assert slurm.node_state() == "idle"
-    config = slurm.run("scontrol", "show", "config").stdout
-    assert f"SLURM_CONF              = {slurm.conf}" in config
-    assert not Path("/etc/slurm/slurm.conf").exists()  # nothing system-wide is written or read
+    config = parse_config(slurm.run("scontrol", "show", "config").stdout)
+    assert config["SLURM_CONF"] == str(slurm.conf)  # a system-wide slurm.conf is neither read nor written
+    assert config["ClusterName"] == "beamside-test"
+    assert config["StateSaveLocation"] == str(slurm.folder / "state")
+    assert config["AuthInfo"] == f"socket={slurm.folder / 'munge' / 'munge.socket'}"
 
 
 def test_job_runs_as_its_submitter(slurm, account):
