@@ -39,8 +39,7 @@ def _passwd(args) -> int:
         from . import auth, settings
     except ImportError:
         raise ValueError("needs the hub extras: pip install 'beamside[hub]'") from None
-    s = settings.load(args.config)
-    path = s["auth"]["passwords_file"] or os.path.join(s["hub"]["state_dir"], "secrets", "passwords.yaml")
+    path = settings.Settings.from_yaml(args.config).auth.passwords_file  # the default filled in, as `beamside up` uses it
     password = getpass.getpass(f"new password for {args.user}: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
     if len(password) < 8:
         raise ValueError("passwords need at least 8 characters")

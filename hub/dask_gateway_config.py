@@ -1,8 +1,6 @@
-"""The Dask gateway's configuration (a hub-managed service); see :func:`beamside_hub.runtime.configure_gateway`."""
+"""The Dask gateway's configuration (a hub-managed service); see :func:`beamside_hub.configure.configure_gateway`."""
 
 # ruff: noqa: F821  (`c` is provided by dask-gateway-server)
-import os
+from beamside_hub.configure import configure_gateway, runtime_from_environment
 
-from beamside_hub.runtime import configure_gateway, load_runtime
-
-configure_gateway(get_config(), load_runtime(os.environ["BEAMSIDE_RUNTIME"]))
+configure_gateway(get_config(), runtime_from_environment())

@@ -10,7 +10,6 @@ anything left in the users' sandboxes: no orphan process.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -22,9 +21,10 @@ from pathlib import Path
 
 import analysis_lib
 
-from . import auth, network, sandbox, settings as settings_mod
-from .platform import LocalPlatform, private_network
-from .runtime import addresses
+from . import auth, network, sandbox
+from .platform import LocalPlatform
+from .runtime import Paths, Runtime
+from .settings import Settings
 
 DEMO_USERS = ("alice", "bob", "carol", "admin")
 REPO = Path(analysis_lib.__file__).resolve().parent.parent
@@ -89,11 +89,11 @@ def decide_isolation(mode: str, software: list[str], *, demo: bool) -> tuple[boo
     return ok, why
 
 
-def _refuse_if_visible(paths: dict, settings_file: str | None, software: list[str], beamtimes: list[Path]) -> None:
+def _refuse_if_visible(paths: Paths, settings_file: str | None, beamtimes: list[Path]) -> None:
     """Stop if the settings, the catalog or the state lie where users' sandboxes see them (a bound path)."""
-    bound = [Path("/usr"), *(Path("/etc") / n for n in sandbox.ETC_ALLOWED), *map(Path, software), *beamtimes]
-    for what, place in (("the settings file", settings_file), ("the catalog", paths["catalog"]),
-                        ("the state folder", paths["state"]), ("the passwords file", paths["passwords_file"])):
+    bound = [Path("/usr"), *(Path("/etc") / n for n in sandbox.ETC_ALLOWED), *map(Path, paths.software), *beamtimes]
+    for what, place in (("the settings file", settings_file), ("the catalog", paths.catalog),
+                        ("the state folder", paths.state), ("the passwords file", paths.passwords_file)):
         if not place:
             continue
         real = Path(os.path.realpath(place))
@@ -104,81 +104,68 @@ def _refuse_if_visible(paths: dict, settings_file: str | None, software: list[st
                                  "to a folder users cannot read (e.g. /srv/beamside)")
 
 
-def prepare(config: str | None, overrides: dict | None = None) -> dict:
+def prepare(config: str | None, overrides: dict | None = None) -> Runtime:
     """Resolve settings into the runtime file; create state, secrets, demo data and logins."""
-    s = settings_mod.load(config, overrides)
+    s = Settings.from_yaml(config, overrides)
     os.umask(0o077)  # state, secrets and databases are root's alone unless a mode says otherwise
-    state = Path(s["hub"]["state_dir"])
+    state = Path(s.hub.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o711)  # users may pass through to their homes, never list
     secret_dir = state / "secrets"
     secret_dir.mkdir(mode=0o700, exist_ok=True)
-    paths = {
-        "state": str(state),
-        "venv": sys.prefix,
-        "chp": _find_chp(),
-        "software": sorted({sys.prefix, str(REPO / "analysis_lib"), str(HUB_PACKAGE)}),
-        "examples": str(REPO / "examples"),
-        "homes": str(state / "homes"),
-        "sandboxes": str(state / "sandboxes"),
-        "audit_socket": str(state / "run" / "audit.sock"),
-        "audit_log": str(state / "audit.log"),
-        "gateway_dir": str(state / "gateway"),
-        "gateway_config": str(HUB_PACKAGE / "dask_gateway_config.py"),
-        "passwords_file": s["auth"]["passwords_file"] or str(secret_dir / "passwords.yaml"),
-        "catalog": s["data"]["catalog"],
-    }
-    for key in ("homes", "sandboxes", "gateway_dir"):  # users pass through to their own part only
-        Path(paths[key]).mkdir(exist_ok=True)
-        os.chmod(paths[key], 0o711)
-    (state / "gateway" / "db").mkdir(mode=0o700, exist_ok=True)
+    software = sorted({sys.prefix, str(REPO / "analysis_lib"), str(HUB_PACKAGE)})
+    homes, sandboxes, gateway_dir = state / "homes", state / "sandboxes", state / "gateway"
+    for folder in (homes, sandboxes, gateway_dir):  # users pass through to their own part only
+        folder.mkdir(exist_ok=True)
+        os.chmod(folder, 0o711)
+    (gateway_dir / "db").mkdir(mode=0o700, exist_ok=True)
     (state / "run").mkdir(exist_ok=True)
     os.chmod(state / "run", 0o711)
     (state / "logs").mkdir(mode=0o700, exist_ok=True)
-    demo = not paths["catalog"]
-    isolate, why = decide_isolation(s["singleuser"]["isolation"], [*paths["software"], paths["homes"]], demo=demo)
+    demo = not s.data.catalog
+    isolate, why = decide_isolation(s.singleuser.isolation, [*software, str(homes)], demo=demo)
+    catalog = s.data.catalog
     if demo:
         from analysis_lib.demo import write_demo_data
 
-        _say(f"writing demo beamtimes ({s['data']['demo_size']}) under {state / 'demo'} …")
+        _say(f"writing demo beamtimes ({s.data.demo_size}) under {state / 'demo'} …")
         old_umask = os.umask(0o022)  # users' accounts read the demo beamtimes
         try:
-            paths["catalog"] = str(write_demo_data(state / "demo", s["data"]["demo_size"]))
+            catalog = str(write_demo_data(state / "demo", s.data.demo_size))
         finally:
             os.umask(old_umask)
+    paths = Paths(
+        state=str(state), catalog=catalog, passwords_file=s.auth.passwords_file, venv=sys.prefix, chp=_find_chp(),
+        software=software, examples=str(REPO / "examples"), homes=str(homes), sandboxes=str(sandboxes),
+        audit_socket=str(state / "run" / "audit.sock"), audit_log=str(state / "audit.log"),
+        gateway_dir=str(gateway_dir), gateway_config=str(HUB_PACKAGE / "dask_gateway_config.py"),
+    )
     from analysis_lib.catalog import load_catalog
 
-    _refuse_if_visible(paths, config, paths["software"], [bt.real_path for bt in load_catalog(paths["catalog"]).beamtimes])
+    _refuse_if_visible(paths, config, [bt.real_path for bt in load_catalog(paths.catalog).beamtimes])
     for db in state.glob("*.sqlite"):  # made before umask 077 was set: hub databases hold OAuth secrets
         os.chmod(db, 0o600)
-    private = isolate and s["singleuser"]["network"] == "private"
+    private = isolate and s.singleuser.network == "private"
     if private:
         network.ensure_internal_address()
-    runtime = {
-        "settings": s,
-        "paths": paths,
-        "demo": demo,
-        "platform": LocalPlatform.name,
-        "network": "private" if private else "host",
-        "addresses": LocalPlatform.derive_addresses(s, private),
-        "isolate": isolate,
-        "isolation": why,
-        "secrets": {
-            name: _secret(secret_dir, name)
-            for name in ("proxy_token", "gateway_token", "supervisor_token", "crypt_key")
-        },
-    }
-    runtime["secrets"]["gateway_db_key"] = _secret(
+    secret_values = {name: _secret(secret_dir, name)
+                     for name in ("proxy_token", "gateway_token", "supervisor_token", "crypt_key")}
+    secret_values["gateway_db_key"] = _secret(
         secret_dir, "gateway_db_key", lambda: __import__("base64").b64encode(secrets.token_bytes(32)).decode()
     )
-    if s["auth"]["type"] == "passwords" and demo:
-        runtime["demo_logins"] = _demo_logins(Path(paths["passwords_file"]))
-    runtime_file = state / "runtime.json"
-    fd = os.open(runtime_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(runtime, f, indent=1)
-    runtime["file"] = str(runtime_file)
-    return runtime
+    runtime = Runtime(
+        settings=s,
+        paths=paths,
+        addresses=LocalPlatform.derive_addresses(s, private),
+        secrets=secret_values,
+        platform=LocalPlatform.name,
+        network="private" if private else "host",
+        isolate=isolate,
+        isolation=why,
+        demo=demo,
+        demo_logins=_demo_logins(Path(paths.passwords_file)) if s.auth.type == "passwords" and demo else {},
+    )
+    return runtime.save(str(state / "runtime.json"))
 
 
 def _demo_logins(passwords_file: Path) -> dict:
@@ -198,28 +185,28 @@ def _demo_logins(passwords_file: Path) -> dict:
 class Supervisor:
     """Runs JupyterHub, restarts it if it dies, and stops everything on request."""
 
-    def __init__(self, runtime: dict):
+    def __init__(self, runtime: Runtime):
         self.runtime = runtime
-        self.state = Path(runtime["paths"]["state"])
+        self.state = Path(runtime.paths.state)
         self.hub: subprocess.Popen | None = None
         self.proxy: subprocess.Popen | None = None
         self.stopping = False
 
     @property
     def url(self) -> str:
-        hub = self.runtime["settings"]["hub"]
-        return f"http://{hub['ip']}:{hub['port']}"
+        hub = self.runtime.settings.hub
+        return f"http://{hub.ip}:{hub.port}"
 
     def start_proxy(self) -> None:
         """The public proxy runs beside the hub, not under it: a hub restart leaves every route,
         and every open notebook or kernel connection, in place (as on Kubernetes)."""
-        hub = self.runtime["settings"]["hub"]
+        hub = self.runtime.settings.hub
         log = _open_log(self.state / "logs", "proxy.log")
-        env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": self.runtime["secrets"]["proxy_token"]}
+        env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": self.runtime.secrets["proxy_token"]}
         self.proxy = subprocess.Popen(
-            [self.runtime["paths"]["chp"], "--ip", hub["ip"], "--port", str(hub["port"]),
-             "--api-ip", "127.0.0.1", "--api-port", str(hub["proxy_api_port"]),
-             "--error-target", f"{addresses(self.runtime)['hub_bind_url']}/hub/error", "--log-level", "warn"],
+            [self.runtime.paths.chp, "--ip", hub.ip, "--port", str(hub.port),
+             "--api-ip", "127.0.0.1", "--api-port", str(hub.proxy_api_port),
+             "--error-target", f"{self.runtime.addresses.hub_bind_url}/hub/error", "--log-level", "warn"],
             cwd=self.state, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -229,13 +216,13 @@ class Supervisor:
     def start_relay(self) -> None:
         """Users' namespaces reach the gateway's scheduler proxy on the internal address; it listens on
         the public one (for scripts from outside), so the supervisor relays between the two."""
-        hub, dask = self.runtime["settings"]["hub"], self.runtime["settings"]["dask"]
-        if private_network(self.runtime) and dask["enabled"] and hub["ip"] not in ("0.0.0.0", ""):
-            network.start_relay((network.INTERNAL_IP, dask["scheduler_port"]), (hub["ip"], dask["scheduler_port"]))
+        hub, dask = self.runtime.settings.hub, self.runtime.settings.dask
+        if self.runtime.private_network and dask.enabled and hub.ip not in ("0.0.0.0", ""):
+            network.start_relay((network.INTERNAL_IP, dask.scheduler_port), (hub.ip, dask.scheduler_port))
 
     def start_hub(self) -> None:
         log = _open_log(self.state / "logs", "jupyterhub.log")
-        env = {**os.environ, "BEAMSIDE_RUNTIME": self.runtime["file"]}
+        env = {**os.environ, "BEAMSIDE_RUNTIME": self.runtime.file}
         env["PATH"] = f"{Path(sys.prefix) / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
         self.hub = subprocess.Popen(
             [str(Path(sys.prefix) / "bin" / "jupyterhub"), "-f", str(HUB_PACKAGE / "jupyterhub_config.py")],
@@ -248,8 +235,8 @@ class Supervisor:
     def api(self, method: str, path: str, **kwargs):
         import requests
 
-        token = self.runtime["secrets"]["supervisor_token"]
-        return requests.request(method, f"{addresses(self.runtime)['hub_api_url']}{path}",
+        token = self.runtime.secrets["supervisor_token"]
+        return requests.request(method, f"{self.runtime.addresses.hub_api_url}{path}",
                                 headers={"Authorization": f"token {token}"}, timeout=10, **kwargs)
 
     def wait_ready(self, timeout: float = 120) -> bool:
@@ -270,17 +257,17 @@ class Supervisor:
     def banner(self) -> None:
         r = self.runtime
         _say(f"JupyterHub is up: {self.url}")
-        _say(f"isolation: {'ON — ' if r['isolate'] else 'OFF (DEMO MODE, users are NOT isolated) — '}{r['isolation']}")
-        if not r["isolate"]:
+        _say(f"isolation: {'ON — ' if r.isolate else 'OFF (DEMO MODE, users are NOT isolated) — '}{r.isolation}")
+        if not r.isolate:
             _say("!!! every user can read every file this account can read: a demo only, never with real data !!!")
-        logins = r.get("demo_logins") or {}
+        logins = r.demo_logins
         for user, password in sorted(logins.items()):
             _say(f"  login: {user:<6} password: {password}")
         if logins:
             _say("  (shown this once; `beamside passwd USER` sets a new one)")
-        elif r["settings"]["auth"]["type"] == "passwords":
-            _say(f"logins: the passwords in {r['paths']['passwords_file']} (set one with `beamside passwd USER`)")
-        _say(f"catalog: {r['paths']['catalog']}   audit log: {r['paths']['audit_log']}")
+        elif r.settings.auth.type == "passwords":
+            _say(f"logins: the passwords in {r.paths.passwords_file} (set one with `beamside passwd USER`)")
+        _say(f"catalog: {r.paths.catalog}   audit log: {r.paths.audit_log}")
         _say(f"logs: {self.state / 'logs'}   stop with Ctrl-C")
 
     def run(self) -> int:
@@ -335,7 +322,7 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 self.proxy.kill()
         _kill_leftovers(self.state)
-        if private_network(self.runtime):
+        if self.runtime.private_network:
             network.remove_unused()  # namespaces other deployments still use stay
         _say("stopped")
 

@@ -1,17 +1,17 @@
 """The one JupyterHub configuration of beamside.
 
 ``jupyterhub -f .../beamside_hub/jupyterhub_config.py`` with ``BEAMSIDE_RUNTIME``
-naming the runtime file that ``beamside up`` writes, or that the Helm chart renders (settings, paths,
-secrets). Every option comes from :mod:`beamside_hub.settings`; nothing here
-is specific to one machine.
+naming the runtime file that ``beamside up`` writes, or (the Helm chart's hub
+pod) ``BEAMSIDE_HELM_VALUES`` naming the chart's values as the chart mounted
+them. Every option comes from :mod:`beamside_hub.configure`; nothing here is
+specific to one machine.
 """
 
 # ruff: noqa: F821  (`c` is provided by JupyterHub)
 from __future__ import annotations
 
-import os
 import sys
 
-from beamside_hub.runtime import configure_hub, load_runtime
+from beamside_hub.configure import configure_hub, runtime_from_environment
 
-configure_hub(get_config(), load_runtime(os.environ["BEAMSIDE_RUNTIME"]), python=sys.executable)
+configure_hub(get_config(), runtime_from_environment(), python=sys.executable)

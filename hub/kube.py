@@ -1,8 +1,8 @@
 """Kubernetes: a user's pods see only that user's beamtimes, read-only — notebook server and Dask alike.
 
 The Helm chart's hub runs the same ``jupyterhub_config.py`` as ``beamside up``;
-with ``platform: kubernetes`` in the runtime, :func:`beamside_hub.runtime.configure_hub`
-picks :class:`BeamsideKubeSpawner` and :func:`beamside_hub.runtime.configure_gateway`
+with ``platform: kubernetes`` in the runtime, :func:`beamside_hub.configure.configure_hub`
+picks :class:`BeamsideKubeSpawner` and :func:`beamside_hub.configure.configure_gateway`
 picks the classes below. What a user's pod mounts and as whom it runs is one
 pure function, :func:`user_pod`, of the catalog (the library's own code) and
 the chart's values; the notebook pod and the Dask scheduler and worker pods
@@ -28,17 +28,18 @@ import yaml
 from dask_gateway_server.backends.kubernetes.backend import KubeBackend
 from dask_gateway_server.backends.kubernetes.controller import KubeController
 from dask_gateway_server.backends.kubernetes.utils import RateLimitedClient
+from dask_gateway_server.proxy import Proxy
 from kubernetes_asyncio import client as kube_client
 from kubernetes_asyncio.client.rest import ApiException
-from dask_gateway_server.proxy import Proxy
 from kubespawner import KubeSpawner
 from kubespawner.slugs import safe_slug
-from traitlets import Bool, Dict, Unicode
+from traitlets import Bool, Instance, Unicode
 
 from analysis_lib.catalog import Catalog, load_catalog
 from analysis_lib.contract import CATALOG_ENV, USER_ENV
 
 from .platform import USER_CATALOG
+from .settings import Settings, Singleuser, Volume
 
 FACILITY_VOLUME = "beamtimes"
 HOME_VOLUME = "home"
@@ -59,53 +60,54 @@ class UserPod:
     container_security: dict = field(default_factory=dict)
 
 
-def facility_volume(volume: dict) -> dict:
+def facility_volume(volume: Volume) -> dict:
     """The facility's data volume, read-only at the source.
 
     Read-only at the source (not only per mount) also keeps the kubelet from
     applying ``fsGroup`` to it: a recursive chown of a facility's storage
     would take hours and change ownership of every beamtime.
     """
-    kind = volume["type"]
+    kind = volume.type
     if kind == "pvc":
-        return {"name": FACILITY_VOLUME, "persistentVolumeClaim": {"claimName": volume["claim_name"], "readOnly": True}}
+        return {"name": FACILITY_VOLUME, "persistentVolumeClaim": {"claimName": volume.claim_name, "readOnly": True}}
     if kind == "nfs":
-        return {"name": FACILITY_VOLUME, "nfs": {**volume["nfs"], "readOnly": True}}
+        return {"name": FACILITY_VOLUME, "nfs": {"server": volume.nfs.server, "path": volume.nfs.path, "readOnly": True}}
     if kind == "hostPath":
-        return {"name": FACILITY_VOLUME, "hostPath": {"path": volume["host_path"], "type": "Directory"}}
+        return {"name": FACILITY_VOLUME, "hostPath": {"path": volume.host_path, "type": "Directory"}}
     raise ValueError(f"data.volume.type must be pvc, nfs or hostPath, got {kind!r}")
 
 
-def security_contexts(single: dict) -> tuple[dict, dict]:
+def security_contexts(single: Singleuser) -> tuple[dict, dict]:
     """Pod and container securityContext: the user's uid/gid, nothing that could undo isolation.
 
     ``fsGroup`` is only set when ``singleuser.fs_gid`` is (a per-user home PVC
     needs it to be writable); ``OnRootMismatch`` keeps the kubelet from
     walking the whole home on every start.
     """
-    ids = {"runAsNonRoot": True, "runAsUser": single["uid"], "runAsGroup": single["gid"],
+    ids = {"runAsNonRoot": True, "runAsUser": single.uid, "runAsGroup": single.gid,
            "seccompProfile": {"type": "RuntimeDefault"}}
     pod = dict(ids)
-    if single["supplemental_gids"]:
-        pod["supplementalGroups"] = list(single["supplemental_gids"])
-    if single["fs_gid"] is not None:
-        pod.update(fsGroup=single["fs_gid"], fsGroupChangePolicy="OnRootMismatch")
+    if single.supplemental_gids:
+        pod["supplementalGroups"] = list(single.supplemental_gids)
+    if single.fs_gid is not None:
+        pod.update(fsGroup=single.fs_gid, fsGroupChangePolicy="OnRootMismatch")
     container = {**ids, "allowPrivilegeEscalation": False, "privileged": False, "capabilities": {"drop": ["ALL"]}}
     return pod, container
 
 
-def user_pod(catalog: Catalog, user: str, settings: dict, home: dict | None) -> UserPod:
+def user_pod(catalog: Catalog, user: str, settings: Settings, home: dict | None) -> UserPod:
     """The beamtimes (one read-only subPath each), the user's filtered catalog, the home, the ids.
 
     The filtered catalog travels as a pod annotation projected into a file
     (downward API): the pod never holds the facility catalog, so confidential
     beamtimes of others never reach it. ``home`` is the home volume, or None
     for pods that get no home (Dask pods when homes are per-user PVCs,
-    which only one node can mount).
+    which only one node can mount). ``JUPYTERHUB_USER`` is not among the env:
+    KubeSpawner sets it on the notebook pod, :func:`dask_pod_config` on Dask pods.
     """
     mine = catalog.view_for(user)
     pod = UserPod(
-        volumes=[facility_volume(settings["data"]["volume"]),
+        volumes=[facility_volume(settings.data.volume),
                  {"name": CATALOG_VOLUME, "downwardAPI": {"items": [
                      {"path": os.path.basename(USER_CATALOG),
                       "fieldRef": {"fieldPath": f"metadata.annotations['{CATALOG_ANNOTATION}']"}}]}}],
@@ -113,33 +115,33 @@ def user_pod(catalog: Catalog, user: str, settings: dict, home: dict | None) -> 
                  "subPath": bt["path"], "readOnly": True} for bt in mine["beamtimes"]]
         + [{"name": CATALOG_VOLUME, "mountPath": os.path.dirname(USER_CATALOG), "readOnly": True}],
         annotations={CATALOG_ANNOTATION: yaml.safe_dump(mine, sort_keys=False)},
-        env={CATALOG_ENV: USER_CATALOG, USER_ENV: user},
+        env={CATALOG_ENV: USER_CATALOG},
     )
     if home is not None:
         pod.volumes.append(home)
         pod.mounts.append({"name": HOME_VOLUME, "mountPath": HOME,
                            **({"subPath": safe_slug(user)} if "nfs" in home else {})})
         pod.env["HOME"] = HOME
-    pod.pod_security, pod.container_security = security_contexts(settings["singleuser"])
+    pod.pod_security, pod.container_security = security_contexts(settings.singleuser)
     return pod
 
 
-def nfs_home(settings: dict) -> dict | None:
+def nfs_home(settings: Settings) -> dict | None:
     """The shared NFS home volume (one subPath per user), or None when homes are per-user PVCs."""
-    home = settings["singleuser"]["home"]
-    return {"name": HOME_VOLUME, "nfs": dict(home["nfs"])} if home["type"] == "nfs" else None
+    home = settings.singleuser.home
+    return {"name": HOME_VOLUME, "nfs": {"server": home.nfs.server, "path": home.nfs.path}} if home.type == "nfs" else None
 
 
 class BeamsideKubeSpawner(KubeSpawner):
     """KubeSpawner whose pod holds exactly the user's beamtimes, read-only, from the catalog at spawn time."""
 
     catalog = Unicode(config=True, help="The facility's beamtime catalog (YAML), the one source of truth for access.")
-    values = Dict(config=True, help="The chart's values (sections data, singleuser): volumes and security.")
+    settings = Instance(Settings, config=True, help="The deployment's settings (data volume, homes, ids).")
 
     def _home_volume(self) -> dict:
-        if self.values["singleuser"]["home"]["type"] == "pvc":
+        if self.settings.singleuser.home.type == "pvc":
             return {"name": HOME_VOLUME, "persistentVolumeClaim": {"claimName": self.pvc_name}}
-        return nfs_home(self.values)
+        return nfs_home(self.settings)
 
     async def get_pod_manifest(self):
         """KubeSpawner's pod plus the user's beamtimes, catalog, home and securityContext.
@@ -149,7 +151,7 @@ class BeamsideKubeSpawner(KubeSpawner):
         a securityContext set here cannot lose ``fsGroup`` to a later merge.
         """
         pod = await super().get_pod_manifest()
-        parts = user_pod(load_catalog(self.catalog), self.user.name, self.values, self._home_volume())
+        parts = user_pod(load_catalog(self.catalog), self.user.name, self.settings, self._home_volume())
         container = pod.spec.containers[0]
         pod.spec.volumes = [*(pod.spec.volumes or []), *parts.volumes]
         container.volume_mounts = [*(container.volume_mounts or []), *parts.mounts]
@@ -160,14 +162,14 @@ class BeamsideKubeSpawner(KubeSpawner):
         return pod
 
 
-def dask_pod_config(catalog: Catalog, user: str, settings: dict, environment: dict) -> dict:
+def dask_pod_config(catalog: Catalog, user: str, settings: Settings, environment: dict) -> dict:
     """dask-gateway cluster config giving the scheduler and workers the user's notebook-pod picture.
 
     Returned by the gateway's options handler, so it is stored in the
     DaskCluster object and the controller builds both pods from it.
     """
     parts = user_pod(catalog, user, settings, nfs_home(settings))
-    out = {"environment": {**environment, **parts.env}}
+    out = {"environment": {**environment, **parts.env, USER_ENV: user}}
     for role in ("scheduler", "worker"):
         out[f"{role}_extra_pod_config"] = {"volumes": parts.volumes, "securityContext": parts.pod_security}
         out[f"{role}_extra_container_config"] = {"volumeMounts": parts.mounts,

@@ -3,7 +3,7 @@
 A :class:`Platform` answers, for one kind of machine, the four questions that
 differ between an embedded deployment and a cluster; everything else (login,
 roles, services, the culler, the gateway's options) is the same code for all
-of them, in :mod:`beamside_hub.runtime`:
+of them, in :mod:`beamside_hub.configure`:
 
 1. **where user servers run**: the spawner class and its options
    (:meth:`Platform.configure_servers`);
@@ -11,9 +11,10 @@ of them, in :mod:`beamside_hub.runtime`:
    and the base environment of scheduler and workers
    (:meth:`Platform.configure_gateway`), and what each cluster adds from the
    user's catalog entry (:meth:`Platform.cluster_config`);
-3. **how the parts reach each other**: the addresses, derived once by whoever
-   writes the runtime file (``beamside up``, or the chart) and read here
-   (:meth:`Platform.addresses`);
+3. **how the parts reach each other**: the addresses, derived once when the
+   runtime is made (:meth:`LocalPlatform.derive_addresses` for ``beamside up``,
+   :meth:`KubernetesPlatform.runtime` from the chart's values) and read from
+   it afterwards (:class:`beamside_hub.runtime.Addresses`);
 4. **how a user's data view is mounted**: a bubblewrap sandbox with bind mounts
    (local) or read-only ``subPath`` volume mounts (Kubernetes) — each
    implementation's spawner and backend own it.
@@ -30,7 +31,12 @@ from __future__ import annotations
 import importlib
 import os
 
+import yaml
+
 from analysis_lib.contract import GATEWAY_PREFIX, NO_MALLOC_TRIM_ENV
+
+from .runtime import Addresses, KubeRuntime, Paths, Runtime
+from .settings import Settings
 
 # Where a user's server and Dask processes find their own view of the catalog, on every platform
 # (a folder: a catalog replaced on the host shows in running sandboxes)
@@ -39,26 +45,24 @@ USER_CATALOG = f"{USER_CATALOG_DIR}/catalog.yaml"
 
 
 class Platform:
-    """The contract; subclasses implement every method (the base only reads the addresses)."""
+    """The contract; subclasses implement every method but :meth:`cluster_config`."""
 
     name = ""
     runs_gateway_service = True  # the hub starts dask-gateway as a managed service
 
-    def addresses(self, runtime: dict) -> dict:
-        """``public_bind_url``, ``hub_bind_url``, ``hub_api_url``, ``proxy_api_url``, ``gateway_url``
-        (HTTP), ``gateway_tcp`` (scheduler traffic) and, where user servers go through the proxy to
-        reach the gateway, ``proxy_url``: as the runtime file holds them."""
-        return runtime["addresses"]
-
-    def configure_servers(self, c, runtime: dict, env: dict) -> None:
+    def configure_servers(self, c, runtime: Runtime, env: dict) -> None:
         """Set the spawner class and its traits on ``c``; add to ``env`` what user servers need."""
         raise NotImplementedError
 
-    def configure_gateway(self, c, runtime: dict) -> tuple[list[str], dict]:
+    def configure_gateway(self, c, runtime: Runtime) -> tuple[list[str], dict]:
         """Set the gateway's backend on ``c``; return the ``dask`` command and the processes' base env."""
         raise NotImplementedError
 
-    def cluster_config(self, runtime: dict, user: str, environment: dict) -> dict:
+    def gateway_service(self, runtime: Runtime) -> dict:
+        """How the hub starts the gateway as a managed service (when :attr:`runs_gateway_service`)."""
+        raise NotImplementedError
+
+    def cluster_config(self, runtime: Runtime, user: str, environment: dict) -> dict:
         """What one cluster of ``user`` adds to its config when it starts (nothing by default)."""
         return {}
 
@@ -71,7 +75,7 @@ class LocalPlatform(Platform):
     name = "local"
 
     @staticmethod
-    def derive_addresses(settings: dict, private_network: bool) -> dict:
+    def derive_addresses(settings: Settings, private_network: bool) -> Addresses:
         """The addresses on one machine (what ``beamside up`` writes into the runtime file).
 
         With a private network per user, what users' processes must reach (the hub's API, the
@@ -80,168 +84,214 @@ class LocalPlatform(Platform):
         """
         from .network import INTERNAL_IP
 
-        hub, dask = settings["hub"], settings["dask"]
+        hub, dask = settings.hub, settings.dask
         internal = INTERNAL_IP if private_network else "127.0.0.1"
-        return {
-            "public_bind_url": f"http://{hub['ip']}:{hub['port']}",
-            "hub_bind_url": f"http://{internal}:{hub['hub_port']}",
-            "hub_api_url": f"http://{internal}:{hub['hub_port']}/hub/api",
-            "proxy_api_url": f"http://127.0.0.1:{hub['proxy_api_port']}",
-            "gateway_url": f"http://{internal}:{dask['port']}",  # the gateway's own proxy (HTTP)
-            "gateway_tcp": f"{internal}:{dask['scheduler_port']}",  # ... and its scheduler traffic
-        }
+        return Addresses(
+            public_bind_url=f"http://{hub.ip}:{hub.port}",
+            hub_bind_url=f"http://{internal}:{hub.hub_port}",
+            hub_api_url=f"http://{internal}:{hub.hub_port}/hub/api",
+            proxy_api_url=f"http://127.0.0.1:{hub.proxy_api_port}",
+            gateway_url=f"http://{internal}:{dask.port}",  # the gateway's own proxy (HTTP)
+            gateway_tcp=f"{internal}:{dask.scheduler_port}",  # ... and its scheduler traffic
+        )
 
-    def addresses(self, runtime: dict) -> dict:
-        if "addresses" in runtime:
-            return runtime["addresses"]
-        return self.derive_addresses(runtime["settings"], private_network(runtime))
-
-    def configure_servers(self, c, runtime: dict, env: dict) -> None:
-        paths, dask = runtime["paths"], runtime["settings"]["dask"]
-        a = self.addresses(runtime)
-        venv_bin = os.path.join(paths["venv"], "bin")
+    def configure_servers(self, c, runtime: Runtime, env: dict) -> None:
+        paths, a = runtime.paths, runtime.addresses
+        venv_bin = os.path.join(paths.venv, "bin")
         c.JupyterHub.spawner_class = "beamside_hub.spawner.BeamsideSpawner"
         sp = c.BeamsideSpawner
         self.sandboxes(sp, runtime)
-        sp.examples_dir = paths.get("examples", "")
-        sp.logs_dir = os.path.join(paths["state"], "logs", "users")
-        sp.gateway_api_url = f"{a['gateway_url']}{GATEWAY_PREFIX}/api" if dask["enabled"] else ""
+        sp.examples_dir = paths.examples
+        sp.logs_dir = os.path.join(paths.state, "logs", "users")
+        sp.gateway_api_url = f"{a.gateway_url}{GATEWAY_PREFIX}/api" if runtime.settings.dask.enabled else ""
         c.Spawner.cmd = [os.path.join(venv_bin, "jupyterhub-singleuser")]
         # ipc kernels: no TCP port races between kernels started in the same second, and the
         # kernel sockets live inside the user's sandbox (where nobody else can reach them).
-        c.Spawner.args = ["--KernelManager.transport=ipc"] if runtime["isolate"] else []
+        c.Spawner.args = ["--KernelManager.transport=ipc"] if runtime.isolate else []
         env["PATH"] = f"{venv_bin}:/usr/local/bin:/usr/bin:/bin"
-        if private_network(runtime) and runtime["settings"]["auth"]["type"] == "passwords":
-            from .network import INTERNAL_IP  # the proxy reaches the hub from the internal address
+        if runtime.private_network and runtime.settings.auth.type == "passwords":
+            from .network import (
+                INTERNAL_IP,  # the proxy reaches the hub from the internal address
+            )
 
             c.PasswordFileAuthenticator.trusted_proxies = ["127.0.0.1", "::1", INTERNAL_IP]
 
-    def gateway_service(self, runtime: dict) -> dict:
+    def gateway_service(self, runtime: Runtime) -> dict:
         """How the hub starts the gateway here: a managed service in the gateway's folder."""
-        paths = runtime["paths"]
-        venv_bin = os.path.join(paths["venv"], "bin")
+        paths = runtime.paths
+        venv_bin = os.path.join(paths.venv, "bin")
         return {
-            "command": [os.path.join(venv_bin, "dask-gateway-server"), "-f", paths["gateway_config"]],
-            "cwd": paths["gateway_dir"],
-            "environment": {"BEAMSIDE_RUNTIME": os.environ.get("BEAMSIDE_RUNTIME", ""),
+            "command": [os.path.join(venv_bin, "dask-gateway-server"), "-f", paths.gateway_config],
+            "cwd": paths.gateway_dir,
+            "environment": {RUNTIME_ENV: runtime.file or os.environ.get(RUNTIME_ENV, ""),
                             "PATH": f"{venv_bin}:/usr/bin:/bin"},
         }
 
-    def configure_gateway(self, c, runtime: dict) -> tuple[list[str], dict]:
+    def configure_gateway(self, c, runtime: Runtime) -> tuple[list[str], dict]:
         """dask-gateway's local backend in per-user sandboxes (:mod:`beamside_hub.gateway`)."""
-        s, paths, secrets = runtime["settings"], runtime["paths"], runtime["secrets"]
-        dask, hub = s["dask"], s["hub"]
-        a = self.addresses(runtime)
-        venv_bin = os.path.join(paths["venv"], "bin")
-        c.DaskGateway.address = f"127.0.0.1:{dask['api_port']}"
-        c.Proxy.address = a["gateway_url"].split("//", 1)[1]
-        c.Proxy.tcp_address = f"{hub['ip']}:{dask['scheduler_port']}"
+        s, paths, a = runtime.settings, runtime.paths, runtime.addresses
+        dask = s.dask
+        venv_bin = os.path.join(paths.venv, "bin")
+        c.DaskGateway.address = f"127.0.0.1:{dask.api_port}"
+        c.Proxy.address = a.gateway_url.split("//", 1)[1]
+        c.Proxy.tcp_address = f"{s.hub.ip}:{dask.scheduler_port}"
         c.DaskGateway.backend_class = "beamside_hub.gateway.BeamsideBackend"
         b = c.BeamsideBackend
         self.sandboxes(b, runtime)
-        b.clusters_directory = os.path.join(paths["gateway_dir"], "clusters")
-        b.api_url = f"{a['gateway_url']}{GATEWAY_PREFIX}/api"
-        b.max_clusters_per_user = dask["max_clusters_per_user"]
-        b.max_cluster_age = dask["max_age"]
-        b.reconcile_period = s["singleuser"]["access_check_every"]
-        b.db_url = f"sqlite:///{paths['gateway_dir']}/db/gateway.sqlite"
-        b.db_encrypt_keys = [secrets["gateway_db_key"]]
+        b.clusters_directory = os.path.join(paths.gateway_dir, "clusters")
+        b.api_url = f"{a.gateway_url}{GATEWAY_PREFIX}/api"
+        b.max_clusters_per_user = dask.max_clusters_per_user
+        b.max_cluster_age = dask.max_age
+        b.reconcile_period = s.singleuser.access_check_every
+        b.db_url = f"sqlite:///{paths.gateway_dir}/db/gateway.sqlite"
+        b.db_encrypt_keys = [runtime.secrets["gateway_db_key"]]
         return [os.path.join(venv_bin, "dask")], {"PATH": f"{venv_bin}:/usr/bin:/bin", "PYTHONNOUSERSITE": "1"}
 
     @staticmethod
-    def sandboxes(section, runtime: dict) -> None:
+    def sandboxes(section, runtime: Runtime) -> None:
         """The same sandbox settings for the spawner and the gateway (:class:`beamside_hub.sandbox.Sandboxed`)."""
-        paths = runtime["paths"]
-        section.catalog = paths["catalog"]
-        section.homes_dir = paths["homes"]
-        section.sandboxes_dir = paths["sandboxes"]
-        section.isolate = runtime["isolate"]
-        section.software_paths = paths["software"]
-        section.audit_socket = paths["audit_socket"] if runtime["settings"]["audit"]["enabled"] else ""
-        section.private_network = private_network(runtime)
+        paths = runtime.paths
+        section.catalog = paths.catalog
+        section.homes_dir = paths.homes
+        section.sandboxes_dir = paths.sandboxes
+        section.isolate = runtime.isolate
+        section.software_paths = list(paths.software)
+        section.audit_socket = paths.audit_socket if runtime.settings.audit.enabled else ""
+        section.private_network = runtime.private_network
 
 
 class KubernetesPlatform(Platform):
     """The Helm chart: servers as KubeSpawner pods, clusters from dask-gateway's Kubernetes backend
-    (:mod:`beamside_hub.kube`), addresses the chart's Services; the gateway has its own Deployments."""
+    (:mod:`beamside_hub.kube`), addresses the chart's Services; the gateway has its own Deployments.
+
+    The chart ships its values to the hub and gateway pods as they are (``values.yaml`` in the
+    hub's ConfigMap, with the release's name and namespace added); :meth:`runtime` turns them into
+    the runtime, here and nowhere else (the templates translate nothing).
+    """
 
     name = "kubernetes"
     runs_gateway_service = False
+    # Where the chart mounts its files in the hub and gateway containers (one folder, see
+    # beamside.configMounts): runtime/values.yaml, catalog/, secrets/, passwords/.
+    ETC = "/etc/beamside"
+    STATE = "/srv/jupyterhub"
 
-    def configure_servers(self, c, runtime: dict, env: dict) -> None:
-        s, k = runtime["settings"], runtime["kube"]
-        single = s["singleuser"]
+    @classmethod
+    def runtime(cls, values: dict, etc: str = ETC) -> Runtime:
+        """The runtime of one pod, from the chart's values and the files the chart mounted under ``etc``."""
+        release = values.get("Release") or {}
+        name, ns = release.get("Name"), release.get("Namespace")
+        if not name or not ns:
+            raise ValueError("the chart's values.yaml lacks Release.Name / Release.Namespace (render it with the chart)")
+        settings = Settings.from_helm_values(values, catalog=f"{etc}/catalog/catalog.yaml",
+                                             passwords_file=f"{etc}/passwords/passwords.yaml")
+        # The chart's names: "<fullname>-<component>" (beamside.fullname / beamside.name in _helpers.tpl)
+        fullname = (values.get("fullnameOverride") or name)[:40].rstrip("-")
+
+        def svc(component: str) -> str:
+            return f"{fullname}-{component}.{ns}"
+
+        proxy_port = int(values["proxy"]["service"]["port"])
+        addresses = Addresses(
+            public_bind_url="http://:8000",
+            hub_bind_url="http://:8081",
+            hub_connect_url=f"http://{svc('hub')}:8081",
+            hub_api_url=f"http://{svc('hub')}:8081/hub/api",
+            proxy_api_url=f"http://{svc('proxy-api')}:8001",
+            proxy_url=f"http://{svc('proxy-public')}:{proxy_port}",
+            gateway_url=f"http://{svc('gateway')}:8000",
+            gateway_tcp=f"{svc('gateway')}:8786",
+            gateway_api_url=f"http://{svc('gateway-api')}:8000",
+        )
+        kube = KubeRuntime(
+            namespace=ns,
+            gateway_instance=f"{fullname}-gateway",
+            singleuser_image=str(settings.singleuser.image),
+            image_pull_policy=values["hub"]["image"]["pull_policy"],
+            network_policy=bool(values["network_policy"]["enabled"]),
+            # beamside.selector for user pods: labels KubeSpawner leaves alone
+            singleuser_labels={"beamside.org/instance": name, "beamside.org/component": "singleuser"},
+        )
+        runtime = Runtime(settings=settings, paths=Paths(state=cls.STATE, catalog=settings.data.catalog,
+                                                         passwords_file=settings.auth.passwords_file),
+                          addresses=addresses, platform=cls.name, kube=kube)
+        return runtime.with_secrets_from(f"{etc}/secrets")
+
+    def configure_servers(self, c, runtime: Runtime, env: dict) -> None:
+        s, k = runtime.settings, runtime.kube
+        single = s.singleuser
         c.JupyterHub.spawner_class = "beamside_hub.kube.BeamsideKubeSpawner"
-        c.JupyterHub.hub_connect_url = runtime["addresses"]["hub_connect_url"]
-        c.JupyterHub.cookie_secret_file = os.path.join(runtime["secrets_dir"], "cookie_secret")
-        if s["hub"]["public_url"]:
-            c.JupyterHub.public_url = s["hub"]["public_url"]
+        c.JupyterHub.hub_connect_url = runtime.addresses.hub_connect_url
+        c.JupyterHub.cookie_secret_file = os.path.join(runtime.secrets_dir, "cookie_secret")
+        if s.hub.public_url:
+            c.JupyterHub.public_url = s.hub.public_url
         sp = c.BeamsideKubeSpawner
-        sp.catalog = runtime["paths"]["catalog"]
-        sp.values = {"data": s["data"], "singleuser": single}
-        sp.namespace = k["namespace"]
-        sp.image = k["singleuser_image"]
-        sp.image_pull_policy = k["image_pull_policy"]
+        sp.catalog = runtime.paths.catalog
+        sp.settings = s
+        sp.namespace = k.namespace
+        sp.image = k.singleuser_image
+        sp.image_pull_policy = k.image_pull_policy
         sp.cmd = ["jupyterhub-singleuser"]
         sp.working_dir = "/home/user"
         sp.automount_service_account_token = False
-        sp.extra_labels = k["singleuser_labels"]
-        sp.node_selector = single["node_selector"]
-        sp.profile_list = single["profiles"]
-        if single["mem_guarantee"]:
-            sp.mem_guarantee = single["mem_guarantee"]
-        if single["cpu_guarantee"]:
-            sp.cpu_guarantee = single["cpu_guarantee"]
-        home = single["home"]
-        sp.storage_pvc_ensure = home["type"] == "pvc"
-        if home["type"] == "pvc":
-            sp.storage_capacity = home["size"]
-            sp.storage_class = home["storage_class"] or ""
+        sp.extra_labels = dict(k.singleuser_labels)
+        sp.node_selector = dict(single.node_selector)
+        sp.profile_list = list(single.profiles)
+        if single.mem_guarantee:
+            sp.mem_guarantee = single.mem_guarantee
+        if single.cpu_guarantee:
+            sp.cpu_guarantee = single.cpu_guarantee
+        home = single.home
+        sp.storage_pvc_ensure = home.type == "pvc"
+        if home.type == "pvc":
+            sp.storage_capacity = home.size
+            sp.storage_class = home.storage_class or ""
             sp.pvc_name_template = "home-{username}"
 
-    def configure_gateway(self, c, runtime: dict) -> tuple[list[str], dict]:
+    def configure_gateway(self, c, runtime: Runtime) -> tuple[list[str], dict]:
         """dask-gateway's Kubernetes backend (API server, controller, proxy: one config)."""
-        k, a, s = runtime["kube"], runtime["addresses"], runtime["settings"]
-        dask = s["dask"]
+        k, a, dask = runtime.kube, runtime.addresses, runtime.settings.dask
         c.DaskGateway.address = ":8000"
         c.DaskGateway.backend_class = "beamside_hub.kube.BeamsideKubeBackend"
         # Three pods read this config, each holding only its own tokens: the API server both,
         # the proxy gateway_proxy_token, the controller none.
-        secrets = runtime["secrets"]
+        secrets = runtime.secrets
         if "gateway_token" in secrets:
             c.JupyterHubAuthenticator.jupyterhub_api_token = secrets["gateway_token"]
         c.Proxy.address = ":8000"
         c.Proxy.tcp_address = ":8786"
-        c.Proxy.gateway_url = a["gateway_api_url"]
+        c.Proxy.gateway_url = a.gateway_api_url
         if "gateway_proxy_token" in secrets:
             c.Proxy.api_token = secrets["gateway_proxy_token"]
         for cls in (c.KubeBackend, c.KubeController):
-            cls.gateway_instance = k["gateway_instance"]
-        c.BeamsideKubeController.network_policy = k["network_policy"]
-        c.KubeController.api_url = f"{a['gateway_api_url']}/api"
+            cls.gateway_instance = k.gateway_instance
+        c.BeamsideKubeController.network_policy = k.network_policy
+        c.KubeController.api_url = f"{a.gateway_api_url}/api"
         kc = c.KubeClusterConfig
-        kc.namespace = k["namespace"]
-        kc.image = k["singleuser_image"]
-        kc.image_pull_policy = k["image_pull_policy"]
-        kc.scheduler_cores = dask["scheduler_cores"]
-        kc.scheduler_memory = dask["scheduler_memory"]
+        kc.namespace = k.namespace
+        kc.image = k.singleuser_image
+        kc.image_pull_policy = k.image_pull_policy
+        kc.scheduler_cores = dask.scheduler_cores
+        kc.scheduler_memory = dask.scheduler_memory
         return ["dask"], {"PYTHONNOUSERSITE": "1", **NO_MALLOC_TRIM_ENV}
 
-    def cluster_config(self, runtime: dict, user: str, environment: dict) -> dict:
+    def cluster_config(self, runtime: Runtime, user: str, environment: dict) -> dict:
         """The user's own mounts and ids, from the catalog at the time the cluster starts."""
         from analysis_lib.catalog import load_catalog
 
         from .kube import dask_pod_config
 
-        return dask_pod_config(load_catalog(runtime["paths"]["catalog"]), user, runtime["settings"], environment)
+        return dask_pod_config(load_catalog(runtime.paths.catalog), user, runtime.settings, environment)
 
 
 PLATFORMS = {"local": LocalPlatform, "kubernetes": KubernetesPlatform}
+RUNTIME_ENV = "BEAMSIDE_RUNTIME"  # the runtime file `beamside up` wrote
+HELM_VALUES_ENV = "BEAMSIDE_HELM_VALUES"  # the chart's values.yaml, as the chart mounted it
 
 
-def platform_for(runtime: dict) -> Platform:
+def platform_for(runtime: Runtime) -> Platform:
     """The platform the runtime names (``local`` when it names none)."""
-    name = runtime.get("platform") or "local"
+    name = runtime.platform or "local"
     if name in PLATFORMS:
         return PLATFORMS[name]()
     module, _, cls = name.rpartition(".")
@@ -253,6 +303,17 @@ def platform_for(runtime: dict) -> Platform:
     return platform
 
 
-def private_network(runtime: dict) -> bool:
-    """Whether users' processes run in network namespaces of their own (:mod:`beamside_hub.network`)."""
-    return runtime.get("network") == "private"
+def runtime_from_environment() -> Runtime:
+    """The runtime of this process: the file ``beamside up`` wrote, or the chart's values.
+
+    The chart mounts ``values.yaml`` at ``<etc>/runtime/values.yaml`` and its other files beside it
+    under ``<etc>`` (the catalog, the Secret's keys, the passwords).
+    """
+    if os.environ.get(HELM_VALUES_ENV):
+        path = os.environ[HELM_VALUES_ENV]
+        with open(path) as f:
+            values = yaml.safe_load(f)
+        return KubernetesPlatform.runtime(values, etc=os.path.dirname(os.path.dirname(path)))
+    if not os.environ.get(RUNTIME_ENV):
+        raise SystemExit(f"neither {RUNTIME_ENV} (beamside up) nor {HELM_VALUES_ENV} (the Helm chart) is set")
+    return Runtime.load(os.environ[RUNTIME_ENV])

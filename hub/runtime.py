@@ -1,219 +1,139 @@
-"""Settings -> traitlets: the hub's and the Dask gateway's configuration, built by pure functions.
+"""The runtime: what one deployment resolved from its settings — paths, addresses, secrets, platform.
 
-``runtime`` is what ``beamside up`` (or the Helm chart's hub pod) resolves
-from the settings: the settings themselves, the paths on this machine and the
-secrets. :func:`configure_hub` and :func:`configure_gateway` only copy it onto
-a traitlets ``Config``, so both can be tested without starting anything.
-
-On Kubernetes the chart renders the runtime file from its values
-(``platform: kubernetes``, the Services' ``addresses``, the ``kube`` section)
-and mounts the secrets as files; login, roles, services and the culler stay
-the same code for every platform, and what differs (where servers and
-clusters run, the addresses) is the :mod:`beamside_hub.platform`'s.
+Written once, by whoever starts the deployment: ``beamside up`` resolves the
+settings file on this machine into a root-only JSON file
+(:meth:`Runtime.save`); in the Helm chart's pods the Kubernetes platform
+builds it from the chart's values (:meth:`beamside_hub.platform.KubernetesPlatform.runtime`).
+The hub's and the gateway's configuration (:mod:`beamside_hub.configure`)
+and the supervisor read it and derive nothing again: the addresses, in
+particular, are the runtime's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from dataclasses import dataclass, field
 
-from analysis_lib.contract import (
-    DETACHED,
-    GATEWAY_PREFIX,
-    GATEWAY_SCOPE,
-    GATEWAY_SERVICE,
-    WORKER_CORES,
-    WORKER_MEMORY,
-    WORKER_MEMORY_UNIT,
-)
-
-from .platform import platform_for
-
-SUPERVISOR = "beamside-supervisor"
+from .settings import Settings
 
 
-def load_runtime(path: str) -> dict:
-    """The runtime file; on Kubernetes its secrets are the files of a mounted Secret, never in the file.
+@dataclass(frozen=True)
+class Paths:
+    """Files and folders of the deployment (absolute, as the hub's process sees them)."""
 
-    Each pod gets only the keys its process uses (the chart's ``beamside.secretKeys``); the
-    gateway's controller uses none, and has no secrets folder at all.
-    """
-    with open(path) as f:
-        runtime = json.load(f)
-    folder = runtime.get("secrets_dir")
-    if folder and not os.path.isdir(folder):
-        runtime["secrets"] = {}
-    elif folder:
-        runtime["secrets"] = {name: open(os.path.join(folder, name)).read().strip()
-                              for name in os.listdir(folder) if not name.startswith(".")}
-        if "oidc_client_secret" in runtime["secrets"]:
-            runtime["settings"]["auth"]["oidc"]["client_secret"] = runtime["secrets"]["oidc_client_secret"]
-    return runtime
-
-
-def addresses(runtime: dict) -> dict:
-    """Where the parts reach each other, as the runtime's platform has them."""
-    return platform_for(runtime).addresses(runtime)
+    state: str  # databases, logs, the runtime file
+    catalog: str  # the facility's catalog (or the demo's)
+    passwords_file: str = ""
+    venv: str = ""  # the Python environment user servers and Dask processes run from
+    chp: str = ""  # configurable-http-proxy
+    software: list = field(default_factory=list)  # what sandboxes bind read-only (the venv, beamside's code)
+    examples: str = ""
+    homes: str = ""
+    sandboxes: str = ""
+    audit_socket: str = ""
+    audit_log: str = ""
+    gateway_dir: str = ""
+    gateway_config: str = ""
 
 
-def public_url(runtime: dict) -> str:
-    """Where users reach the hub: ``hub.public_url``, else the proxy's own address."""
-    hub = runtime["settings"]["hub"]
-    return (hub.get("public_url") or f"http://{hub['ip']}:{hub['port']}").rstrip("/")
+@dataclass(frozen=True)
+class Addresses:
+    """Where the parts reach each other; derived once, by the platform, when the runtime is made."""
+
+    public_bind_url: str  # where the public proxy listens
+    hub_bind_url: str  # where the hub listens
+    hub_api_url: str  # the hub's API, as services and user servers reach it
+    proxy_api_url: str  # the proxy's API
+    gateway_url: str  # the gateway's HTTP proxy
+    gateway_tcp: str  # the gateway's scheduler traffic (host:port)
+    proxy_url: str | None = None  # where user servers go through the public proxy to reach the gateway
+    hub_connect_url: str | None = None  # how user pods reach the hub (Kubernetes)
+    gateway_api_url: str | None = None  # the gateway's API server (Kubernetes)
 
 
-def gateway_client_env(runtime: dict) -> dict:
-    """dask-gateway client config for user servers: ``al.cluster()`` then needs no arguments.
+@dataclass(frozen=True)
+class KubeRuntime:
+    """What the Kubernetes platform needs besides the settings: names and images the chart gave."""
 
-    User servers reach the gateway on an internal address, not the public one: on Kubernetes through
-    the proxy's Service, on one machine straight at the gateway's own proxy.
-    """
-    a = addresses(runtime)
-    return {
-        "DASK_GATEWAY__ADDRESS": f"{a.get('proxy_url', a['gateway_url'])}{GATEWAY_PREFIX}",
-        "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{a['gateway_tcp']}",
-        "DASK_GATEWAY__PUBLIC_ADDRESS": f"{GATEWAY_PREFIX}/",
-        "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
-    }
+    namespace: str
+    gateway_instance: str
+    singleuser_image: str
+    image_pull_policy: str
+    network_policy: bool
+    singleuser_labels: dict
 
 
-def configure_hub(c, runtime: dict, python: str) -> None:
-    """Login, then the user servers of the runtime's platform, then the services and their roles."""
-    s, paths, secrets = runtime["settings"], runtime["paths"], runtime["secrets"]
-    hub, auth, single, dask = s["hub"], s["auth"], s["singleuser"], s["dask"]
-    platform = platform_for(runtime)
-    a = platform.addresses(runtime)
-    state = paths["state"]
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    paths: Paths
+    addresses: Addresses
+    secrets: dict = field(default_factory=dict)  # tokens and keys by name (never written by the chart)
+    platform: str = "local"  # a short name of beamside_hub.platform.PLATFORMS or a class's import path
+    network: str = "host"  # "private": each user's processes in a network namespace of their own
+    isolate: bool = False
+    isolation: str = ""  # why (or why not), for the banner
+    demo: bool = False  # demo beamtimes generated by `beamside up` (no facility catalog)
+    demo_logins: dict = field(default_factory=dict)  # first start only: the passwords shown once
+    secrets_dir: str | None = None  # Kubernetes: the mounted Secret (one file per key)
+    kube: KubeRuntime | None = None
+    file: str | None = field(default=None, compare=False)  # where this runtime was saved (not in the file)
 
-    c.JupyterHub.bind_url = a["public_bind_url"]
-    c.JupyterHub.hub_bind_url = a["hub_bind_url"]
-    c.JupyterHub.db_url = hub["db_url"] or f"sqlite:///{state}/jupyterhub.sqlite"
-    c.JupyterHub.cookie_secret_file = f"{state}/jupyterhub_cookie_secret"
-    c.JupyterHub.pid_file = f"{state}/jupyterhub.pid"
-    c.JupyterHub.concurrent_spawn_limit = hub["concurrent_spawn_limit"]
-    # A hub restart (upgrade, crash) must not take users' servers and routes down.
-    c.JupyterHub.cleanup_servers = False
-    # The proxy is started beside the hub (by `beamside up`, or its own pod), never by it.
-    c.ConfigurableHTTPProxy.should_start = False
-    c.ConfigurableHTTPProxy.api_url = a["proxy_api_url"]
-    c.ConfigurableHTTPProxy.auth_token = secrets["proxy_token"]
+    @property
+    def private_network(self) -> bool:
+        """Whether users' processes run in network namespaces of their own (:mod:`beamside_hub.network`)."""
+        return self.network == "private"
 
-    # -- login
-    admins = auth["admin_users"]
-    if admins is None:  # the demo's "admin" with demo data only; a facility names its admins
-        admins = ["admin"] if auth["type"] == "passwords" and runtime.get("demo") else []
-    c.Authenticator.admin_users = set(admins)
-    if auth["type"] == "oidc":
-        oidc = auth["oidc"]
-        c.JupyterHub.authenticator_class = "generic-oauth"
-        g = c.GenericOAuthenticator
-        for key in ("client_id", "client_secret", "authorize_url", "token_url", "userdata_url", "username_claim",
-                    "login_service"):  # the settings' names are GenericOAuthenticator's
-            setattr(g, key, oidc[key])
-        g.scope = list(oidc["scope"])
-        g.oauth_callback_url = f"{public_url(runtime)}/hub/oauth_callback"
-        g.manage_groups = True
-        g.auth_state_groups_key = f"oauth_user.{oidc['groups_claim']}"
-        # Never allow_all by default: an empty allow-list admits nobody (issue 17, finding 11).
-        g.allowed_groups = set(oidc["allowed_groups"])
-        g.allow_all = oidc.get("allow_all") is True  # the Helm chart's runtime has no such key
-        if oidc["admin_groups"]:
-            g.admin_groups = set(oidc["admin_groups"])
-        c.Authenticator.enable_auth_state = True
-        if not os.environ.get("JUPYTERHUB_CRYPT_KEY"):
-            os.environ["JUPYTERHUB_CRYPT_KEY"] = secrets["crypt_key"]
-    else:
-        c.JupyterHub.authenticator_class = "beamside_hub.auth.PasswordFileAuthenticator"
-        c.PasswordFileAuthenticator.passwords_file = paths["passwords_file"]
-        c.Authenticator.allow_all = True  # whoever has a password in the file
+    def replace(self, **changes) -> Runtime:
+        return dataclasses.replace(self, **changes)
 
-    # -- user servers
-    env = {"PYTHONNOUSERSITE": "1"}
-    platform.configure_servers(c, runtime, env)
-    c.Spawner.default_url = single["default_url"]
-    c.Spawner.start_timeout = single["start_timeout"]
-    c.Spawner.http_timeout = single["start_timeout"]
-    # every poll also checks the server's beamtimes against the catalog (a revoked one stops it)
-    c.Spawner.poll_interval = single["access_check_every"]
-    if single["mem_limit"]:
-        c.Spawner.mem_limit = single["mem_limit"]
-    if single["cpu_limit"]:
-        c.Spawner.cpu_limit = single["cpu_limit"]
-    if dask["enabled"]:
-        env.update(gateway_client_env(runtime))
-    c.Spawner.environment = env
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.pop("file")
+        return out
 
-    # -- services and least-privilege roles
-    services, roles = [], [
-        {"name": "user", "scopes": ["self", GATEWAY_SCOPE]},
-        {"name": "server", "scopes": ["users:activity!user", "access:servers!server", GATEWAY_SCOPE]},
-        # Stops servers at shutdown; creates servers and tokens for the admin's tooling. With
-        # OIDC no admin:users: that includes reading users' identity-provider tokens (auth state).
-        {"name": "beamside-supervisor", "services": [SUPERVISOR],
-         "scopes": ["list:users", "users", "servers", "tokens"] + (["admin:users"] if auth["type"] == "passwords" else [])},
-    ]
-    services.append({"name": SUPERVISOR, "api_token": secrets["supervisor_token"]})
-    if dask["enabled"]:
-        gateway = {"name": GATEWAY_SERVICE, "url": a["gateway_url"], "api_token": secrets["gateway_token"],
-                   "display": False}
-        if platform.runs_gateway_service:
-            gateway.update(platform.gateway_service(runtime))
-        services.append(gateway)
-    if s["culler"]["enabled"]:
-        services.append(
-            {
-                "name": "idle-culler",
-                "command": [python, "-m", "jupyterhub_idle_culler",
-                            f"--timeout={s['culler']['timeout']}", f"--cull-every={s['culler']['every']}",
-                            f"--max-age={s['culler']['max_age']}"],
-            }
+    @classmethod
+    def from_dict(cls, doc: dict) -> Runtime:
+        doc = dict(doc)
+        kube = doc.pop("kube", None)
+        return cls(
+            settings=Settings.from_dict(doc.pop("settings")),
+            paths=Paths(**doc.pop("paths")),
+            addresses=Addresses(**doc.pop("addresses")),
+            kube=KubeRuntime(**kube) if kube else None,
+            **doc,
         )
-        roles.append({"name": "idle-culler", "services": ["idle-culler"],
-                      "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]})
-    if s["audit"]["enabled"]:
-        services.append(
-            {
-                "name": "audit",
-                "command": [python, "-m", "beamside_hub.audit", "--socket", paths["audit_socket"],
-                            "--log", paths["audit_log"], "--catalog", paths["catalog"]],
-            }
-        )
-    c.JupyterHub.services = services
-    c.JupyterHub.load_roles = roles
 
+    def save(self, path: str) -> Runtime:
+        """Write the runtime file (root's only: it holds the secrets); the runtime, now with its ``file``."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+        return self.replace(file=str(path))
 
-def configure_gateway(c, runtime: dict) -> None:
-    from dask.utils import parse_bytes
-    from dask_gateway_server.options import Bool, Float, Integer, Options
+    @classmethod
+    def load(cls, path: str) -> Runtime:
+        """A runtime file written by :meth:`save`."""
+        with open(path) as f:
+            return cls.from_dict(json.load(f)).replace(file=str(path))
 
-    s = runtime["settings"]
-    dask = s["dask"]
-    platform = platform_for(runtime)
-    dask_cmd, environment = platform.configure_gateway(c, runtime)
-    c.Proxy.prefix = GATEWAY_PREFIX
-    c.DaskGateway.authenticator_class = "dask_gateway_server.auth.JupyterHubAuthenticator"
-    c.JupyterHubAuthenticator.jupyterhub_api_url = addresses(runtime)["hub_api_url"]
-    cc = c.ClusterConfig
-    cc.scheduler_cmd = [*dask_cmd, "scheduler"]
-    cc.worker_cmd = [*dask_cmd, "worker"]
-    cc.worker_cores = dask["worker_cores"]
-    cc.worker_memory = dask["worker_memory"]
-    cc.cluster_max_workers = dask["max_workers"]
-    cc.cluster_max_cores = dask["max_cores"]
-    cc.cluster_max_memory = dask["max_memory"]
-    cc.idle_timeout = dask["idle_timeout"]
-    cc.environment = environment
+    def with_secrets_from(self, folder: str) -> Runtime:
+        """The secrets as the files of a mounted Secret (Kubernetes), never from the runtime itself.
 
-    def options_handler(options, user):
-        config = {WORKER_CORES: options.worker_cores, WORKER_MEMORY: int(options.worker_memory * WORKER_MEMORY_UNIT)}
-        config.update(platform.cluster_config(runtime, user.name, environment))
-        return config
-
-    max_mem = parse_bytes(str(dask["max_memory"])) / WORKER_MEMORY_UNIT
-    c.Backend.cluster_options = Options(
-        Integer(WORKER_CORES, default=dask["worker_cores"], min=1, max=dask["max_cores"], label="Cores per worker"),
-        Float(WORKER_MEMORY, default=parse_bytes(str(dask["worker_memory"])) / WORKER_MEMORY_UNIT, min=0.25, max=max_mem,
-              label="Memory per worker (GiB)"),
-        Bool(DETACHED, default=False, label="Keep running after my notebook server stops (for scripts)"),
-        handler=options_handler,
-    )
+        Each pod gets only the keys its process uses (the chart's ``beamside.secretKeys``); the
+        gateway's controller uses none, and has no secrets folder at all.
+        """
+        if not os.path.isdir(folder):
+            return self.replace(secrets={}, secrets_dir=folder)
+        secrets = {}
+        for name in os.listdir(folder):
+            if not name.startswith("."):
+                with open(os.path.join(folder, name)) as f:
+                    secrets[name] = f.read().strip()
+        settings = self.settings
+        if "oidc_client_secret" in secrets:
+            oidc = dataclasses.replace(settings.auth.oidc, client_secret=secrets["oidc_client_secret"])
+            settings = settings.replace(auth={"oidc": oidc})
+        return self.replace(secrets=secrets, secrets_dir=folder, settings=settings)

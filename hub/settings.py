@@ -1,132 +1,349 @@
-"""The deployment's settings: one YAML file for the embedded mode, the Helm values for Kubernetes.
+"""The deployment's settings: one typed schema for the embedded settings file and the Helm values.
 
-Key names are the Helm chart's where they overlap (``hub``, ``auth``,
-``singleuser``, ``dask``, ``culler``, ``data``), so an admin who moves from
-one machine to a cluster keeps the same vocabulary. :func:`load` fills in
-defaults and checks types; ``jupyterhub_config.py`` maps the result onto
-traitlets.
+An admin who moves from one machine to a cluster keeps the same vocabulary:
+the sections are ``hub``, ``data``, ``auth``, ``singleuser``, ``dask``,
+``culler`` and ``audit`` in both, with the same key names. :class:`Settings`
+is that schema as frozen dataclasses; two doors fill it:
+
+- :meth:`Settings.from_yaml`: the embedded mode's settings file, on top of the
+  defaults below, relative paths made absolute. A key that only means
+  something on Kubernetes (``singleuser.uid``, ``data.volume`` …) is refused
+  here with a message saying so, rather than silently ignored.
+- :meth:`Settings.from_helm_values`: the chart's values exactly as the admin
+  wrote them (the chart ships them to the hub unchanged, as
+  zero-to-jupyterhub's ``get_config`` does); what the chart's templates alone
+  use (images, resources, Ingress, the catalog's ConfigMap) is listed in
+  :data:`CHART_ONLY` and not part of the settings.
+
+Both run the same checks (:meth:`Settings.check`), so a setting that stops the
+embedded mode also stops the hub pod.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-DEFAULTS: dict = {
-    "hub": {
-        "ip": "127.0.0.1",  # where the public proxy listens
-        "public_url": None,  # how users reach it (behind TLS termination); default http://ip:port
-        "port": 8000,
-        "hub_port": 8081,  # the hub's own API (internal)
-        "proxy_api_port": 8001,
-        "state_dir": ".beamside",  # sqlite db, secrets, homes, logs (relative: to the config file)
-        "db_url": None,  # default sqlite in state_dir; e.g. postgresql://user@host/beamside
-        "concurrent_spawn_limit": 20,
-    },
-    "data": {
-        "catalog": None,  # the facility's catalog file; None: generate demo data
-        "demo_size": "1GB",
-    },
-    "auth": {
-        "type": "passwords",  # "passwords" (hashed, per user) or "oidc"
-        "admin_users": None,  # default: ["admin"] with passwords, none with OIDC (use oidc.admin_groups)
-        "passwords_file": None,  # default: state_dir/secrets/passwords.yaml (demo users: first run, demo data only)
-        "oidc": {
-            "authorize_url": None,
-            "token_url": None,
-            "userdata_url": None,
-            "client_id": "beamside",
-            "client_secret": None,
-            "scope": ["openid", "profile", "email"],
-            "username_claim": "preferred_username",
-            "groups_claim": "groups",
-            "allowed_groups": [],  # who may log in; required: an empty list refuses to load (see allow_all)
-            # Admit everyone the provider authenticates (the whole federation, not only this facility's
-            # users). Only on purpose: an empty allowed_groups used to mean this (issue 17, finding 11).
-            "allow_all": False,
-            "admin_groups": [],
-            "login_service": "facility login",
-        },
-    },
-    "singleuser": {
-        "isolation": "auto",  # "bubblewrap", "none" (a demo without isolation), or "auto"
-        # "private": each user's processes in a network namespace of their own (isolated mode only);
-        # "host": they share the machine's network (and every user reaches others' loopback ports)
-        "network": "private",
-        "default_url": "/lab",
-        "mem_limit": None,
-        "cpu_limit": None,
-        "start_timeout": 120,
-        "access_check_every": 30,  # seconds: running servers and clusters whose beamtime was revoked stop
-    },
-    "dask": {
-        "enabled": True,
-        "port": 8010,  # gateway HTTP (behind the hub's proxy)
-        "api_port": 8011,
-        "scheduler_port": 8786,  # scheduler traffic (TLS, for scripts from outside too)
-        "max_clusters_per_user": 2,
-        "max_workers": 4,
-        "max_cores": 4,
-        "max_memory": "8 G",
-        "worker_cores": 1,
-        "worker_memory": "2 G",
-        "idle_timeout": 1800,
-        "max_age": 7 * 86400,  # seconds: even a busy cluster ends then (0: never)
-    },
-    # max_age: seconds after which a server is stopped even if active, so no session outlives
-    # a week of catalog changes unseen (0: never)
-    "culler": {"enabled": True, "timeout": 3600, "every": 300, "max_age": 7 * 86400},
-    "audit": {"enabled": True},
+LOCAL, KUBERNETES = "local", "kubernetes"
+
+
+def _only(platform: str, default=dataclasses.MISSING, *, factory=dataclasses.MISSING):
+    """A setting that means something on one platform only (refused in the other's settings)."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"only": platform})
+    return field(default=default, metadata={"only": platform})
+
+
+@dataclass(frozen=True)
+class Hub:
+    ip: str = _only(LOCAL, "127.0.0.1")  # where the public proxy listens
+    public_url: str | None = None  # how users reach it (behind TLS termination); default http://ip:port
+    port: int = _only(LOCAL, 8000)
+    hub_port: int = _only(LOCAL, 8081)  # the hub's own API (internal)
+    proxy_api_port: int = _only(LOCAL, 8001)
+    state_dir: str = _only(LOCAL, ".beamside")  # sqlite db, secrets, homes, logs (relative: to the settings file)
+    db_url: str | None = None  # default sqlite in state_dir; e.g. postgresql://user@host/beamside
+    concurrent_spawn_limit: int = 20
+
+
+@dataclass(frozen=True)
+class Nfs:
+    server: str = ""
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Volume:
+    """The facility volume holding data_root on Kubernetes; each beamtime is mounted from it by subPath."""
+
+    type: str = "pvc"  # pvc, nfs or hostPath
+    claim_name: str = "beamtime-data"
+    nfs: Nfs = field(default_factory=Nfs)
+    host_path: str = ""
+
+
+@dataclass(frozen=True)
+class Data:
+    catalog: str | None = None  # the facility's catalog file; None: generate demo data (chart: its mounted copy)
+    demo_size: str | int = _only(LOCAL, "1GB")
+    volume: Volume = _only(KUBERNETES, factory=Volume)
+
+
+@dataclass(frozen=True)
+class Oidc:
+    authorize_url: str | None = None
+    token_url: str | None = None
+    userdata_url: str | None = None
+    client_id: str = "beamside"
+    client_secret: str | None = None  # chart: from the Secret named by existing_secret, never in values
+    scope: list = field(default_factory=lambda: ["openid", "profile", "email"])
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    allowed_groups: list = field(default_factory=list)  # who may log in; required (an empty list refuses to load)
+    # Admit everyone the provider authenticates (the whole federation, not only this facility's
+    # users). Only on purpose: an empty allowed_groups used to mean this (issue 17, finding 11).
+    allow_all: bool = False
+    admin_groups: list = field(default_factory=list)
+    login_service: str = "facility login"
+    existing_secret: str = _only(KUBERNETES, "")
+    secret_key: str = _only(KUBERNETES, "client-secret")
+
+
+@dataclass(frozen=True)
+class Passwords:
+    existing_secret: str = ""  # the Secret holding passwords.yaml
+
+
+@dataclass(frozen=True)
+class Auth:
+    type: str = "passwords"  # "passwords" (hashed, per user) or "oidc"
+    admin_users: list | None = None  # default: ["admin"] with passwords and demo data, nobody otherwise
+    # Default: <state_dir>/secrets/passwords.yaml (filled in by from_yaml; demo users: first run, demo data only)
+    passwords_file: str | None = _only(LOCAL, None)
+    passwords: Passwords = _only(KUBERNETES, factory=Passwords)
+    oidc: Oidc = field(default_factory=Oidc)
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str = "ghcr.io/beamside/singleuser"
+    tag: str = "0.1.0"
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.tag}"
+
+
+@dataclass(frozen=True)
+class Home:
+    """A user's writable home on Kubernetes: one PVC each, or one subPath each on an NFS export."""
+
+    type: str = "pvc"
+    size: str = "10Gi"
+    storage_class: str | None = None
+    nfs: Nfs = field(default_factory=Nfs)
+
+
+@dataclass(frozen=True)
+class Singleuser:
+    isolation: str = _only(LOCAL, "auto")  # "bubblewrap", "none" (a demo without isolation), or "auto"
+    # "private": each user's processes in a network namespace of their own (isolated mode only);
+    # "host": they share the machine's network (and every user reaches others' loopback ports)
+    network: str = _only(LOCAL, "private")
+    default_url: str = "/lab"
+    mem_limit: str | int | None = None
+    cpu_limit: float | None = None
+    start_timeout: int = 120
+    access_check_every: int = 30  # seconds: running servers and clusters whose beamtime was revoked stop
+    image: Image = _only(KUBERNETES, factory=Image)
+    uid: int = _only(KUBERNETES, 1000)  # user and Dask pods run as (never 0)
+    gid: int = _only(KUBERNETES, 100)
+    supplemental_gids: list = _only(KUBERNETES, factory=list)
+    fs_gid: int | None = _only(KUBERNETES, None)
+    mem_guarantee: str | int | None = _only(KUBERNETES, None)
+    cpu_guarantee: float | None = _only(KUBERNETES, None)
+    profiles: list = _only(KUBERNETES, factory=list)
+    node_selector: dict = _only(KUBERNETES, factory=dict)
+    home: Home = _only(KUBERNETES, factory=Home)
+
+
+@dataclass(frozen=True)
+class Dask:
+    enabled: bool = True
+    port: int = _only(LOCAL, 8010)  # gateway HTTP (behind the hub's proxy)
+    api_port: int = _only(LOCAL, 8011)
+    scheduler_port: int = _only(LOCAL, 8786)  # scheduler traffic (TLS, for scripts from outside too)
+    max_clusters_per_user: int = 2
+    max_workers: int = 4
+    max_cores: int = 4
+    max_memory: str | int = "8 G"
+    worker_cores: int = 1
+    worker_memory: str | int = "2 G"
+    scheduler_cores: int = _only(KUBERNETES, 1)
+    scheduler_memory: str | int = _only(KUBERNETES, "2 G")
+    idle_timeout: int = 1800
+    max_age: int = 7 * 86400  # seconds: even a busy cluster ends then (0: never)
+
+
+@dataclass(frozen=True)
+class Culler:
+    """Stops idle servers; ``max_age`` stops even busy ones, so no session outlives a week of catalog changes unseen."""
+
+    enabled: bool = True
+    timeout: int = 3600
+    every: int = 300
+    max_age: int = 7 * 86400  # 0: never
+
+
+@dataclass(frozen=True)
+class Audit:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    hub: Hub = field(default_factory=Hub)
+    data: Data = field(default_factory=Data)
+    auth: Auth = field(default_factory=Auth)
+    singleuser: Singleuser = field(default_factory=Singleuser)
+    dask: Dask = field(default_factory=Dask)
+    culler: Culler = field(default_factory=Culler)
+    audit: Audit = field(default_factory=Audit)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike | None = None, overrides: dict | None = None) -> Settings:
+        """The embedded settings file (YAML) on top of the defaults, with absolute paths."""
+        doc: dict = {}
+        base = Path.cwd()
+        if path:
+            path = Path(path).resolve()
+            doc = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(doc, dict):
+                raise ValueError(f"{path}: the settings must be a mapping of sections (hub, data, auth, …)")
+            base = path.parent
+        merged = _deep_merge(doc, overrides or {})
+        settings = _build(cls, merged, "", refuse=KUBERNETES)
+
+        def absolute(value: str | None) -> str | None:
+            if not value:
+                return value
+            p = Path(value).expanduser()
+            return str(p if p.is_absolute() else (base / p).resolve())
+
+        state = absolute(settings.hub.state_dir)
+        settings = settings.replace(
+            hub={"state_dir": state},
+            data={"catalog": absolute(settings.data.catalog)},
+            auth={"passwords_file": absolute(settings.auth.passwords_file) or str(Path(state) / "secrets" / "passwords.yaml")},
+        )
+        settings.check()
+        return settings
+
+    @classmethod
+    def from_helm_values(cls, values: dict, *, catalog: str, passwords_file: str) -> Settings:
+        """The chart's values as the admin wrote them (``catalog`` and ``passwords_file``: where the
+        chart mounts them in the hub pod). Embedded-only keys keep their defaults; the audit service
+        is off (the chart does not run it yet)."""
+        sections = {}
+        for name, section in values.items():
+            if name in CHART_ONLY and CHART_ONLY[name] is None:
+                continue
+            if not isinstance(section, dict):
+                raise ValueError(f"values: {name} must be a mapping, got {section!r}")
+            sections[name] = {k: v for k, v in section.items() if k not in (CHART_ONLY.get(name) or ())}
+        sections["data"] = {**sections.get("data", {}), "catalog": catalog}
+        sections["auth"] = {**sections.get("auth", {}), "passwords_file": passwords_file}
+        sections["audit"] = {"enabled": False}
+        settings = _build(cls, sections, "", refuse=None)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """The checks both doors share; each message names the setting and what would fix it."""
+        auth = self.auth
+        if auth.type not in ("passwords", "oidc"):
+            raise ValueError("auth.type must be 'passwords' or 'oidc'")
+        if auth.type == "oidc":
+            missing = [k for k in ("authorize_url", "token_url", "userdata_url") if not getattr(auth.oidc, k)]
+            if not auth.oidc.client_secret and not auth.oidc.existing_secret:
+                missing.append("client_secret")
+            if missing:
+                raise ValueError(f"auth.type is oidc but auth.oidc.{', auth.oidc.'.join(missing)} not set")
+            if not auth.oidc.allowed_groups and auth.oidc.allow_all is not True:
+                raise ValueError(
+                    "auth.type is oidc but auth.oidc.allowed_groups is empty: nobody could log in. List the groups "
+                    "(from the provider's groups claim) whose members may use the hub, or set auth.oidc.allow_all: true "
+                    "to admit everyone the provider authenticates"
+                )
+        if self.singleuser.isolation not in ("auto", "bubblewrap", "none"):
+            raise ValueError("singleuser.isolation must be 'auto', 'bubblewrap' or 'none'")
+        if self.singleuser.network not in ("private", "host"):
+            raise ValueError("singleuser.network must be 'private' or 'host'")
+        if self.data.volume.type not in ("pvc", "nfs", "hostPath"):
+            raise ValueError(f"data.volume.type must be pvc, nfs or hostPath, got {self.data.volume.type!r}")
+        if self.singleuser.home.type not in ("pvc", "nfs"):
+            raise ValueError(f"singleuser.home.type must be pvc or nfs, got {self.singleuser.home.type!r}")
+
+    def replace(self, **sections: dict) -> Settings:
+        """A copy with some keys of some sections changed: ``s.replace(hub={"port": 9000})``."""
+        return dataclasses.replace(
+            self, **{name: dataclasses.replace(getattr(self, name), **keys) for name, keys in sections.items()}
+        )
+
+    def to_dict(self) -> dict:
+        """Plain data (for the runtime file)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> Settings:
+        """Back from :meth:`to_dict` (the runtime file): every key known, nothing refused."""
+        return _build(cls, doc, "", refuse=None)
+
+
+# What the chart's templates alone use, per values section (None: the whole section).
+CHART_ONLY: dict[str, tuple[str, ...] | None] = {
+    "fullnameOverride": None,
+    "proxy": None,
+    "network_policy": None,  # read from the values by the platform (kube), not a setting
+    "hub": ("image", "existing_secret", "db_pvc", "resources", "node_selector"),
+    "data": ("catalog",),  # the catalog document or the object holding it; the hub reads its mounted copy
+    "dask": ("resources",),
+    "Release": None,  # added by the chart: the release's name and namespace
 }
 
 
-def _merge(base: dict, override: dict, where: str = "") -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        if key not in base:
-            raise ValueError(f"unknown setting {where}{key!r}; known: {', '.join(sorted(base))}")
-        if isinstance(base[key], dict) and base[key] and isinstance(value, dict):
-            out[key] = _merge(base[key], value, f"{where}{key}.")
+def load(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Settings:
+    """The embedded settings file: :meth:`Settings.from_yaml`."""
+    return Settings.from_yaml(path, overrides)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(out.get(key), dict) and isinstance(value, dict):
+            out[key] = _deep_merge(out[key], value)
         else:
             out[key] = value
     return out
 
 
-def load(path: str | os.PathLike | None = None, overrides: dict | None = None) -> dict:
-    """The settings from ``path`` (YAML) on top of the defaults, with absolute paths."""
-    doc: dict = {}
-    base = Path.cwd()
-    if path:
-        path = Path(path).resolve()
-        doc = yaml.safe_load(path.read_text()) or {}
-        base = path.parent
-    settings = _merge(DEFAULTS, doc)
-    if overrides:
-        settings = _merge(settings, overrides)
-    state = Path(settings["hub"]["state_dir"]).expanduser()
-    settings["hub"]["state_dir"] = str(state if state.is_absolute() else (base / state).resolve())
-    for section, key in (("data", "catalog"), ("auth", "passwords_file")):
-        value = settings[section][key]
-        if value:
-            p = Path(value).expanduser()
-            settings[section][key] = str(p if p.is_absolute() else (base / p).resolve())
-    if settings["auth"]["type"] not in ("passwords", "oidc"):
-        raise ValueError("auth.type must be 'passwords' or 'oidc'")
-    if settings["auth"]["type"] == "oidc":
-        missing = [k for k in ("authorize_url", "token_url", "userdata_url", "client_secret") if not settings["auth"]["oidc"][k]]
-        if missing:
-            raise ValueError(f"auth.type is oidc but auth.oidc.{', auth.oidc.'.join(missing)} not set")
-        if not settings["auth"]["oidc"]["allowed_groups"] and settings["auth"]["oidc"]["allow_all"] is not True:
-            raise ValueError(
-                "auth.type is oidc but auth.oidc.allowed_groups is empty: nobody could log in. List the groups "
-                "(from the provider's groups claim) whose members may use the hub, or set auth.oidc.allow_all: true "
-                "to admit everyone the provider authenticates"
-            )
-    if settings["singleuser"]["isolation"] not in ("auto", "bubblewrap", "none"):
-        raise ValueError("singleuser.isolation must be 'auto', 'bubblewrap' or 'none'")
-    if settings["singleuser"]["network"] not in ("private", "host"):
-        raise ValueError("singleuser.network must be 'private' or 'host'")
-    return settings
+def _build(cls, doc, where: str, refuse: str | None):
+    """``cls`` from the mapping ``doc``: unknown keys, wrong types and other platforms' keys refused."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"setting {where.rstrip('.') or 'the settings'} must be a mapping, got {doc!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in doc.items():
+        if key not in known:
+            raise ValueError(f"unknown setting {where}{key!r}; known: {', '.join(sorted(known))}")
+        only = known[key].metadata.get("only")
+        if refuse and only == refuse:
+            raise ValueError(f"setting {where}{key} only applies on {only} (the Helm chart's values), not here")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value if value is not None else {}, f"{where}{key}.", refuse)
+        else:
+            values[key] = _checked(value, hint, f"{where}{key}")
+    return cls(**values)
+
+
+def _checked(value, hint, name: str):
+    """``value`` if it has the type ``hint`` names (ints pass as floats; bools never as numbers)."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for t in allowed:
+        if t is type(None) and value is None:
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t in (str, bool, list, dict) and isinstance(value, t):
+            return value
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise ValueError(f"setting {name} must be {names}, got {value!r}")

@@ -17,7 +17,7 @@ from tornado import web
 from tornado.httputil import HTTPHeaders
 from traitlets.config import Config
 
-from beamside_hub import auth, runtime, settings
+from beamside_hub import auth, configure, settings
 from beamside_hub.auth import LoginThrottle, PasswordFileAuthenticator, check_password, client_address, hash_password
 
 def request(peer="10.0.0.5", **headers):
@@ -209,23 +209,25 @@ def test_oidc_settings_without_allowed_groups_refuse_to_load(tmp_path):
     with pytest.raises(ValueError, match="auth.oidc.allowed_groups is empty.*auth.oidc.allow_all: true"):
         settings.load(overrides={"auth": OIDC})
     ok = settings.load(overrides={"auth": {**OIDC, "oidc": {**OIDC["oidc"], "allowed_groups": ["facility-users"]}}})
-    assert ok["auth"]["oidc"]["allow_all"] is False
+    assert ok.auth.oidc.allow_all is False
     everyone = settings.load(overrides={"auth": {**OIDC, "oidc": {**OIDC["oidc"], "allow_all": True}}})
-    assert everyone["auth"]["oidc"]["allow_all"] is True
+    assert everyone.auth.oidc.allow_all is True
 
 
-def _hub_config(oidc: dict, as_helm_renders_it: bool = False) -> Config:
+def _hub_config(oidc: dict, unchecked: bool = False) -> Config:
+    from beamside_hub.runtime import Addresses, Paths, Runtime
+
     s = settings.load(overrides={"auth": {**OIDC, "oidc": {**OIDC["oidc"], **oidc}}, "dask": {"enabled": False},
                                  "culler": {"enabled": False}, "audit": {"enabled": False}})
-    if as_helm_renders_it:  # the chart renders runtime.json from its values, without settings.load()
-        s["auth"]["oidc"]["allowed_groups"] = []
-        del s["auth"]["oidc"]["allow_all"]
-    rt = {"settings": s, "isolate": False,
-          "paths": {"state": "/tmp/x", "venv": "/v", "passwords_file": "/p", "catalog": "/c", "homes": "/h",
-                    "sandboxes": "/s", "software": [], "audit_socket": "/a"},
-          "secrets": {"proxy_token": "t", "supervisor_token": "t", "crypt_key": "k" * 64}}
+    if unchecked:  # settings that never went through the checks (built by hand, or an older runtime file)
+        s = settings.Settings.from_dict({**s.to_dict(), "auth": {**s.to_dict()["auth"], "oidc": {
+            **s.to_dict()["auth"]["oidc"], "allowed_groups": [], "allow_all": False}}})
+    rt = Runtime(settings=s, paths=Paths(state="/tmp/x", catalog="/c", passwords_file="/p", venv="/v", homes="/h",
+                                         sandboxes="/s", audit_socket="/a"),
+                 addresses=Addresses(*(f"http://127.0.0.1:{port}" for port in range(9000, 9006))),
+                 secrets={"proxy_token": "t", "supervisor_token": "t", "crypt_key": "k" * 64})
     c = Config()
-    runtime.configure_hub(c, rt, python="python")
+    configure.configure_hub(c, rt, python="python")
     return c
 
 
@@ -235,5 +237,5 @@ def test_oidc_hub_config_never_allows_all_implicitly(monkeypatch):
     assert g.allowed_groups == {"facility-users"} and g.allow_all is False
     assert _hub_config({"allow_all": True}).GenericOAuthenticator.allow_all is True
     # an empty list that reaches the hub anyway admits nobody
-    g = _hub_config({"allowed_groups": ["x"]}, as_helm_renders_it=True).GenericOAuthenticator
+    g = _hub_config({"allowed_groups": ["x"]}, unchecked=True).GenericOAuthenticator
     assert g.allowed_groups == set() and g.allow_all is False

@@ -1,8 +1,8 @@
 """The Helm chart, offline: lint, render, validate every object, and build real pods from the rendered config.
 
 The chart's hub runs the same ``jupyterhub_config.py`` as ``beamside up``; here
-that file is loaded with traitlets from the runtime and catalog the chart
-renders, and KubeSpawner and dask-gateway's controller build the pods they
+that file is loaded with traitlets from the values and catalog the chart
+mounts, and KubeSpawner and dask-gateway's controller build the pods they
 would create - for users of different beamtimes - which are then validated
 against the Kubernetes schema. Needs the helm binary from ``make setup``.
 """
@@ -143,6 +143,57 @@ def test_schema_rejects_bad_values(sets, message):
 
 # -- the real thing: the rendered hub config builds the pods ----------------------------
 
+def _merged(base: dict, override: dict) -> dict:
+    """Values as helm merges them: an admin's ``null`` removes the chart's key."""
+    out = dict(base)
+    for key, value in override.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+@pytest.mark.parametrize("values", [None, *EXAMPLES], ids=lambda v: v.stem if v else "defaults")
+def test_values_reach_the_hub_as_they_are(values, tmp_path):
+    """The hub's ConfigMap holds the admin's values untranslated, and every value the hub uses lands,
+    equal, in its typed settings (the chart and the embedded mode share one schema)."""
+    import dataclasses
+
+    from beamside_hub.platform import KubernetesPlatform
+    from beamside_hub.settings import CHART_ONLY
+
+    docs = render(*([values] if values else []))
+    shipped = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "t-hub")
+                             ["data"]["values.yaml"])
+    given = _merged(yaml.safe_load((CHART / "values.yaml").read_text()),
+                    yaml.safe_load(values.read_text()) if values else {})
+    given = json.loads(json.dumps(given, default=str))  # helm keeps an `until: 2027-01-31` a string
+    assert shipped == {**given, "Release": {"Name": "t", "Namespace": NAMESPACE}}
+    runtime = KubernetesPlatform.runtime(shipped, etc=str(tmp_path))
+
+    def same(obj, doc: dict, where: str) -> int:
+        compared = 0
+        for key, value in doc.items():
+            attr = getattr(obj, key)
+            if dataclasses.is_dataclass(attr):
+                compared += same(attr, value, f"{where}{key}.")
+            else:
+                assert attr == value, f"{where}{key}: values say {value!r}, the hub's settings {attr!r}"
+                compared += 1
+        return compared
+
+    compared = 0
+    for section, doc in shipped.items():
+        if CHART_ONLY.get(section, ()) is None:
+            continue
+        compared += same(getattr(runtime.settings, section), {k: v for k, v in doc.items()
+                                                              if k not in (CHART_ONLY.get(section) or ())}, f"{section}.")
+    assert compared >= 55  # every section's keys (58 in the defaults), not a vacuous walk
+    assert runtime.kube.singleuser_image == "{name}:{tag}".format(**shipped["singleuser"]["image"])
+    assert runtime.addresses.hub_api_url == f"http://t-hub.{NAMESPACE}:8081/hub/api"
+
+
 def secret_keys_seen(spec: dict, secret: str, all_keys: set[str]) -> set[str]:
     """The keys of Secret ``secret`` a pod can read: volumes (plain or projected, whole or by items) and env."""
     seen: set[str] = set()
@@ -169,7 +220,7 @@ def secret_keys_seen(spec: dict, secret: str, all_keys: set[str]) -> set[str]:
 
 
 HUB_KEYS = {"proxy_token", "gateway_token", "gateway_proxy_token", "supervisor_token", "crypt_key", "cookie_secret"}
-KEYS_PER_POD = {  # what each process uses (beamside_hub.runtime), and nothing more
+KEYS_PER_POD = {  # what each process uses (beamside_hub.configure), and nothing more
     "t-hub": {"proxy_token", "gateway_token", "supervisor_token", "crypt_key", "cookie_secret"},
     "t-proxy": {"proxy_token"},
     "t-gateway-api": {"gateway_token", "gateway_proxy_token"},  # checks users' tokens at the hub; serves the proxy its routes
@@ -225,9 +276,9 @@ def deployed(tmp_path_factory):
         def where(path: str) -> Path:
             return etc / Path(path).relative_to("/etc/beamside")
 
-        runtime_text = by_name[("ConfigMap", "t-hub")]["data"]["runtime.json"].replace("/etc/beamside", str(etc))
-        where(env["BEAMSIDE_RUNTIME"]).parent.mkdir(parents=True)
-        where(env["BEAMSIDE_RUNTIME"]).write_text(runtime_text)
+        values = where(env["BEAMSIDE_HELM_VALUES"])
+        values.parent.mkdir(parents=True)
+        values.write_text(by_name[("ConfigMap", "t-hub")]["data"]["values.yaml"])
         (etc / "catalog").mkdir()
         (etc / "catalog" / "catalog.yaml").write_text(by_name[("ConfigMap", "t-catalog")]["data"]["catalog.yaml"])
         if any(m["name"] == "secrets" for m in container["volumeMounts"]):
@@ -235,7 +286,7 @@ def deployed(tmp_path_factory):
             for key in secret_keys_seen(spec, "t-hub", HUB_KEYS):
                 (etc / "secrets" / key).write_text(secrets[key])
                 os.chmod(etc / "secrets" / key, 0o440)
-        runtime_files[pod] = where(env["BEAMSIDE_RUNTIME"])
+        runtime_files[pod] = values
     kubeconfig = root / "kubeconfig.yaml"
     kubeconfig.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "fake",
@@ -250,7 +301,8 @@ def load_config(path: Path, deployed, monkeypatch, pod: str = "t-hub"):
     """The config file as ``pod`` loads it, from that pod's mounted files."""
     from traitlets.config.loader import PyFileConfigLoader
 
-    monkeypatch.setenv("BEAMSIDE_RUNTIME", str(deployed["runtime_files"][pod]))
+    monkeypatch.delenv("BEAMSIDE_RUNTIME", raising=False)
+    monkeypatch.setenv("BEAMSIDE_HELM_VALUES", str(deployed["runtime_files"][pod]))
     monkeypatch.setenv("KUBECONFIG", str(deployed["kubeconfig"]))
     # kubernetes_asyncio reads KUBECONFIG once, when first imported (maybe before this test set it)
     monkeypatch.setattr("kubernetes_asyncio.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(deployed["kubeconfig"]))
@@ -544,7 +596,6 @@ ALICE_NOTEBOOK_POD = {'apiVersion': 'v1',
                                       ('MEM_LIMIT', '2147483648'),
                                       ('PYTHONNOUSERSITE', '1'),
                                       ('BEAMSIDE_CATALOG', '/run/beamside/catalog/catalog.yaml'),
-                                      ('JUPYTERHUB_USER', 'alice'),  # set twice: KubeSpawner's, then beamside's
                                       ('HOME', '/home/user')],
                               'image': 'ghcr.io/beamside/singleuser:0.1.0',
                               'imagePullPolicy': 'IfNotPresent',

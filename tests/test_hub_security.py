@@ -472,19 +472,20 @@ def test_demo_logins_are_made_once(tmp_path, monkeypatch):
 
 
 def test_facility_deployment_needs_named_admins(tmp_path):
-    from beamside_hub.runtime import configure_hub
+    from beamside_hub.configure import configure_hub
+    from beamside_hub.runtime import Addresses, Paths, Runtime
+    from beamside_hub.settings import Settings
     from traitlets.config import Config
 
-    runtime = {"settings": __import__("beamside_hub.settings", fromlist=["load"]).load(None), "demo": False,
-               "isolate": True,
-               "paths": {k: str(tmp_path) for k in ("state", "venv", "passwords_file", "catalog", "homes", "sandboxes",
-                                                     "audit_socket", "audit_log", "gateway_config", "gateway_dir")},
-               "secrets": {k: "x" for k in ("proxy_token", "gateway_token", "supervisor_token", "crypt_key")}}
-    runtime["paths"]["software"] = []
+    t = str(tmp_path)
+    runtime = Runtime(settings=Settings.from_yaml(None), demo=False, isolate=True,
+                      paths=Paths(state=t, catalog=t, passwords_file=t, venv=t, homes=t, sandboxes=t, audit_socket=t,
+                                  audit_log=t, gateway_config=t, gateway_dir=t),
+                      addresses=Addresses(*(f"http://127.0.0.1:{port}" for port in range(9000, 9006))),
+                      secrets={k: "x" for k in ("proxy_token", "gateway_token", "supervisor_token", "crypt_key")})
     c = Config()
     configure_hub(c, runtime, sys.executable)
     assert c.Authenticator.admin_users == set()
-    runtime["demo"] = True
     c = Config()
-    configure_hub(c, runtime, sys.executable)
+    configure_hub(c, runtime.replace(demo=True), sys.executable)
     assert c.Authenticator.admin_users == {"admin"}

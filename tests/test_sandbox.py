@@ -8,7 +8,7 @@ import yaml
 
 from analysis_lib import Policy
 from analysis_lib.catalog import Catalog, load_catalog
-from beamside_hub import accounts, sandbox, settings
+from beamside_hub import accounts, sandbox
 
 
 def spec_for(facility, user) -> tuple[sandbox.SandboxSpec, Catalog]:
@@ -69,17 +69,3 @@ def test_unix_names_are_safe_and_distinct():
     assert odd.startswith("bs-grace-hopper-") and "--" in odd and len(odd) <= 32  # stem--hash (tests/test_accounts.py)
     assert accounts.unix_name("a:b") != accounts.unix_name("a;b")
     assert all(c.isalnum() or c in "-_" for c in odd)
-
-
-def test_settings_reject_unknown_keys_and_incomplete_oidc(tmp_path):
-    import pytest
-
-    path = tmp_path / "beamside.yaml"
-    path.write_text("hub: {prot: 9000}\n")
-    with pytest.raises(ValueError, match="unknown setting hub.'prot'"):
-        settings.load(path)
-    path.write_text("auth: {type: oidc}\n")
-    with pytest.raises(ValueError, match="auth.oidc.authorize_url"):
-        settings.load(path)
-    path.write_text("hub: {state_dir: state}\n")
-    assert settings.load(path)["hub"]["state_dir"] == str(tmp_path / "state")

@@ -110,7 +110,7 @@ seccompProfile: {type: RuntimeDefault}
   {{- end }}
 {{- end -}}
 {{- define "beamside.configEnv" -}}
-- {name: BEAMSIDE_RUNTIME, value: /etc/beamside/runtime/runtime.json}
+- {name: BEAMSIDE_HELM_VALUES, value: /etc/beamside/runtime/values.yaml}
 {{- end -}}
 
 {{/* Restart pods whose configuration changed. */}}
