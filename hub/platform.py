@@ -74,6 +74,7 @@ class LocalPlatform(Platform):
 
     name = "local"
     spawner_class = "beamside_hub.spawner.BeamsideSpawner"
+    backend_class = "beamside_hub.gateway.BeamsideBackend"
     can_have_private_network = True  # users' processes in network namespaces of their own (needs root where they run)
 
     @classmethod
@@ -142,8 +143,8 @@ class LocalPlatform(Platform):
         c.DaskGateway.address = f"127.0.0.1:{dask.api_port}"
         c.Proxy.address = a.gateway_url.split("//", 1)[1]
         c.Proxy.tcp_address = f"{s.hub.ip}:{dask.scheduler_port}"
-        c.DaskGateway.backend_class = "beamside_hub.gateway.BeamsideBackend"
-        b = c.BeamsideBackend
+        c.DaskGateway.backend_class = self.backend_class
+        b = getattr(c, self.backend_class.rsplit(".", 1)[1])
         self.sandboxes(b, runtime)
         b.clusters_directory = os.path.join(paths.gateway_dir, "clusters")
         b.api_url = f"{a.gateway_url}{GATEWAY_PREFIX}/api"
@@ -169,12 +170,15 @@ class LocalPlatform(Platform):
 
 class SlurmPlatform(LocalPlatform):
     """The facility's HPC cluster: each user server is a SLURM job of the user's account
-    (:mod:`beamside_hub.slurm`), in the same bubblewrap sandbox as on one machine. The hub, the proxy
-    and the gateway run on the hub's host as in the embedded mode; jobs reach them on ``slurm.hub_ip``.
+    (:mod:`beamside_hub.slurm`), and so are the scheduler and each worker of a Dask cluster
+    (:mod:`beamside_hub.slurm_gateway`), all in the same bubblewrap sandbox as on one machine. The
+    hub, the proxy and the gateway run on the hub's host as in the embedded mode; jobs reach them on
+    ``slurm.hub_ip``.
     Users' processes share their node's network (per-user namespaces need root on every node)."""
 
     name = "slurm"
     spawner_class = "beamside_hub.slurm.BeamsideSlurmSpawner"
+    backend_class = "beamside_hub.slurm_gateway.BeamsideSlurmBackend"
     can_have_private_network = False
 
     @classmethod
@@ -195,6 +199,25 @@ class SlurmPlatform(LocalPlatform):
         sp.limits = {"cores": slurm.max_cores, "memory": slurm.max_memory, "walltime": slurm.max_walltime}
         # (importing the spawner class registers batchspawner's API handler, /hub/api/batchspawner,
         # where each job's server reports the port it picked on its node)
+
+    def configure_gateway(self, c, runtime: Runtime) -> tuple[list[str], dict]:
+        """The gateway as in the embedded mode, its schedulers and workers as SLURM jobs of the
+        user's account (:mod:`beamside_hub.slurm_gateway`), listening on ``slurm.server_ip``."""
+        dask_cmd, environment = super().configure_gateway(c, runtime)
+        slurm, dask = runtime.settings.slurm, runtime.settings.dask
+        b = c.BeamsideSlurmBackend
+        b.default_host = slurm.server_ip
+        b.slurm_env = {"SLURM_CONF": slurm.conf} if slurm.conf else {}
+        b.submit_command = os.path.join(slurm.bin_dir, "sbatch")
+        b.cancel_command = os.path.join(slurm.bin_dir, "scancel")
+        b.status_command = os.path.join(slurm.bin_dir, "squeue")
+        b.cluster_status_period = b.worker_status_period = slurm.poll_every
+        cc = c.SlurmClusterConfig
+        cc.partition = slurm.partition
+        cc.account = slurm.account
+        cc.scheduler_cores = dask.scheduler_cores
+        cc.scheduler_memory = dask.scheduler_memory
+        return dask_cmd, environment
 
 
 class KubernetesPlatform(Platform):
