@@ -35,7 +35,9 @@ def dep(slurm):
     os.chmod(folder, 0o755)
     deployment = Deployment(folder, {
         "platform": "slurm",
-        "slurm": {"conf": str(slurm.conf), "poll_every": 0.5, "max_cores": 4, "walltime": "1:00:00", "max_walltime": "2:00:00"},
+        # servers of 2G, so one server, a scheduler (2 G) and a worker (2 G) fit the node's 8000M
+        "slurm": {"conf": str(slurm.conf), "poll_every": 0.5, "max_cores": 4, "memory": "2G", "walltime": "1:00:00",
+                  "max_walltime": "2:00:00"},
         "culler": {"enabled": False},
         "singleuser": {"access_check_every": 2},
     })
@@ -56,9 +58,13 @@ def catalog(dep) -> Catalog:
     return Catalog.load(dep.runtime["paths"]["catalog"])
 
 
-def jobs_of(slurm, account: str) -> list[dict]:
-    out = slurm.run("squeue", "--noheader", "--user", account, "--format", "%i|%T|%R").stdout.split()
-    return [dict(zip(("id", "state", "reason"), line.split("|"))) for line in out]
+def jobs_of(slurm, account: str, name: str = "") -> list[dict]:
+    names = ["--name", name] if name else []
+    out = slurm.run("squeue", "--noheader", "--user", account, *names, "--format", "%i|%T|%R|%j").stdout.split()
+    return [dict(zip(("id", "state", "reason", "name"), line.split("|"))) for line in out]
+
+
+DASK_JOBS = "dask-gateway"  # the job name dask-gateway's SlurmBackend gives schedulers and workers
 
 
 def spawn(dep, user: str) -> Kernel:
@@ -97,6 +103,98 @@ res["own"] = al.open("bt-1001/raw/scan_0001.nxs")[next(iter(al.open("bt-1001/raw
     listening = [c for c in __import__("psutil").net_connections("tcp") if c.status == "LISTEN"
                  and c.pid and __import__("psutil").Process(c.pid).username() == "bs-alice"]
     assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening), listening
+
+
+def listening_of(account: str) -> list:
+    import psutil
+
+    return [c for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.pid
+            and psutil.Process(c.pid).username() == account]
+
+
+# -- Dask clusters as SLURM jobs of the user's account -------------------------------------------
+def test_a_gateway_cluster_is_slurm_jobs_of_the_user_in_the_sandbox(dep, alice, catalog):
+    import h5py
+    import numpy as np
+
+    with h5py.File(path_of(catalog, "bt-1001")) as f:
+        expected = f["/entry/data/data"][()].mean(axis=0)
+    res = outcome(alice, f"""
+import os, time, analysis_lib as al
+t0 = time.perf_counter(); dask_client = al.cluster(workers=1); dask_client.wait_for_workers(1, timeout=180)
+res = {{"start": time.perf_counter() - t0}}
+def peek(path):
+    try:
+        open(path, "rb").read(8); return "READ"
+    except Exception as e:
+        return type(e).__name__
+def job():
+    return os.environ.get("SLURM_JOB_ID")
+def caps():
+    return [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
+res["bob"] = dask_client.submit(peek, {path_of(catalog, 'bt-1002')!r}, pure=False).result()
+res["own"] = dask_client.submit(peek, {path_of(catalog, 'bt-1001')!r}, pure=False).result()
+res["listdir"] = dask_client.submit(lambda: sorted(os.listdir({str(catalog.data_root)!r})), pure=False).result()
+res["uids"] = sorted(set(dask_client.run(os.getuid).values()))
+res["caps"] = sorted(set(dask_client.run(caps).values()))
+res["worker_jobs"] = sorted(set(dask_client.run(job).values()))
+res["scheduler_job"] = dask_client.run_on_scheduler(job)
+res["scheduler_uid"] = dask_client.run_on_scheduler(os.getuid)
+res["sum"] = float(al.ops.mean_frame(al.open("bt-1001/raw/scan_0001.nxs")).compute().values.sum())
+""")
+    import pwd
+
+    figures["gateway cluster with 1 worker on SLURM (s)"] = round(res["start"], 2)
+    uid = pwd.getpwnam("bs-alice").pw_uid
+    jobs = jobs_of(dep.slurm, "bs-alice", DASK_JOBS)
+    try:
+        assert sorted(j["id"] for j in jobs) == sorted([res["scheduler_job"], *res["worker_jobs"]]), (jobs, res)
+        assert all(j["state"] == "RUNNING" for j in jobs) and len(res["worker_jobs"]) == 1
+        assert res["uids"] == [uid] and res["scheduler_uid"] == uid and res["caps"] == ["0000000000000000"]
+        assert res["bob"] == "FileNotFoundError" and res["own"] == "READ" and res["listdir"] == ["bt-1001"]
+        np.testing.assert_allclose(res["sum"], expected.sum(), rtol=1e-9)
+        listening = listening_of("bs-alice")
+        assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening), listening
+    finally:
+        t0 = time.perf_counter()
+        ok(alice, "dask_client.cluster.shutdown(); dask_client.close()")
+        wait_until(lambda: not jobs_of(dep.slurm, "bs-alice", DASK_JOBS), 60, "alice's Dask jobs gone")
+        figures["gateway cluster shutdown to no job left on SLURM (s)"] = round(time.perf_counter() - t0, 2)
+    left = jobs_of(dep.slurm, "bs-alice")
+    assert len(left) == 1 and left[0]["name"].startswith("beamside-server-"), left  # the server stays
+    assert not os.listdir(Path(dep.runtime["paths"]["gateway_dir"]) / "clusters")  # its folder removed
+
+
+def test_more_workers_or_cores_than_allowed_are_refused_on_slurm(dep, alice):
+    res = outcome(alice, """
+import warnings, analysis_lib as al
+res = {}
+try:
+    al.cluster(workers=1, cores=64); res["cores"] = "STARTED"
+except Exception as e:
+    res["cores"] = str(e)
+from dask_gateway import Gateway
+with Gateway() as gw:
+    res["clusters"] = [c.name for c in gw.list_clusters()]
+    mine = [gw.new_cluster(), gw.new_cluster()]
+    try:
+        gw.new_cluster(); res["third"] = "STARTED"
+    except Exception as e:
+        res["third"] = str(e)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        mine[0].scale(64)
+    res["scale"] = [str(w.message) for w in seen]
+    for c in mine:
+        c.shutdown()
+""")
+    try:
+        assert "worker_cores" in res["cores"] and "4" in res["cores"], res
+        assert res["clusters"] == []  # the refused one never started
+        assert "limit is 2" in res["third"], res
+        assert any("64" in w and "4" in w for w in res["scale"]), res  # scaled to the limit, and told
+    finally:
+        wait_until(lambda: not jobs_of(dep.slurm, "bs-alice", DASK_JOBS), 60, "alice's Dask jobs gone")
 
 
 def test_asking_for_more_than_the_limits_is_refused_before_submitting(dep):
