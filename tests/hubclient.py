@@ -20,11 +20,12 @@ class Hub:
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         return requests.request(method, f"{self.url}/hub/api{path}", headers=self.headers, timeout=30, **kwargs)
 
-    def spawn(self, user: str, timeout: float = 180) -> float:
-        """Start ``user``'s server and wait until it is ready; returns seconds to ready."""
+    def spawn(self, user: str, timeout: float = 180, **options) -> float:
+        """Start ``user``'s server (with the spawner's ``options``, if any) and wait until it is
+        ready; returns seconds to ready."""
         self.api("POST", f"/users/{user}")
         t0 = time.perf_counter()
-        r = self.api("POST", f"/users/{user}/server")
+        r = self.api("POST", f"/users/{user}/server", **({"json": options} if options else {}))
         if r.status_code not in (201, 202, 400):
             raise RuntimeError(f"spawn of {user} failed: {r.status_code} {r.text[:300]}")
         deadline = t0 + timeout

@@ -35,8 +35,7 @@ def dep(slurm):
     os.chmod(folder, 0o755)
     deployment = Deployment(folder, {
         "platform": "slurm",
-        # servers of 2G, so one server, a scheduler (2 G) and a worker (2 G) fit the node's 8000M
-        "slurm": {"conf": str(slurm.conf), "poll_every": 0.5, "max_cores": 4, "memory": "2G", "walltime": "1:00:00",
+        "slurm": {"conf": str(slurm.conf), "poll_every": 0.5, "max_cores": 4, "walltime": "1:00:00",
                   "max_walltime": "2:00:00"},
         "culler": {"enabled": False},
         "singleuser": {"access_check_every": 2},
@@ -197,6 +196,37 @@ with Gateway() as gw:
         wait_until(lambda: not jobs_of(dep.slurm, "bs-alice", DASK_JOBS), 60, "alice's Dask jobs gone")
 
 
+def test_a_detached_slurm_cluster_outlives_the_server_not_the_users_access(dep, catalog):
+    """A detached cluster's jobs outlive the user's server, until the user loses the beamtime its
+    jobs mount (the gateway's reconcile loop cancels them). (Clusters tied to the session end with
+    the server through UserServer, the same code on every platform.)"""
+    # a small server: the node's 8000M hold alice's server (4G), carol's and a scheduler (2 G)
+    figures["spawn to ready on SLURM, carol with 1G (s)"] = round(dep.hub.spawn("carol", memory="1G"), 2)
+    kernel = Kernel(dep.url, "carol", dep.hub.token("carol"))
+    try:
+        name = outcome(kernel, """
+from dask_gateway import Gateway
+gw = Gateway(); opts = gw.cluster_options(); opts.detached = True
+res = gw.new_cluster(opts, shutdown_on_close=False).name
+""")
+    finally:
+        kernel.close()
+    dep.hub.stop("carol")
+    time.sleep(2 * 2)  # two of the gateway's checks (singleuser.access_check_every)
+    assert [j["state"] for j in jobs_of(dep.slurm, "bs-carol", DASK_JOBS)] == ["RUNNING"]
+    path = Path(dep.runtime["paths"]["catalog"])
+    text = path.read_text()
+    assert "{user: carol, role: industrial-mediator}" in text
+    try:  # the user office ends carol's membership of bt-2001
+        path.with_suffix(".new").write_text(text.replace("{user: carol,", "{user: nobody-else,"))
+        os.replace(path.with_suffix(".new"), path)
+        wait_until(lambda: not jobs_of(dep.slurm, "bs-carol", DASK_JOBS), 60, "carol's detached cluster cancelled")
+    finally:
+        path.with_suffix(".new").write_text(text)
+        os.replace(path.with_suffix(".new"), path)
+    assert f"stopping cluster {name} of carol: access to bt-2001 ended" in dep.hub_log()
+
+
 def test_asking_for_more_than_the_limits_is_refused_before_submitting(dep):
     dep.hub.api("POST", "/users/bob")
     r = dep.hub.api("POST", "/users/bob/server", json={"cores": 64})
@@ -331,3 +361,4 @@ def test_walltime_expiry_is_told_at_the_next_start(dep):
     assert "Your last server ended: its time limit was reached." in seen, seen
     wait_until(lambda: (server_of(dep, "bob") or {}).get("ready"), 120, "bob's next server")
     dep.hub.stop("bob")
+
