@@ -46,7 +46,13 @@ def dep(slurm):
     figures["beamside up (slurm) to hub ready (s, incl. demo data)"] = round(time.perf_counter() - t0, 1)
     deployment.slurm = slurm
     yield deployment
-    deployment.stop()
+    assert deployment.stop() == 0
+    # nothing left: no job of any user in the queue, no process of the users' accounts
+    wait_until(lambda: not slurm.run("squeue", "--noheader").stdout.strip(), 60, "every job gone after the stop")
+    accounts = {"bs-alice", "bs-bob", "bs-carol"}
+    wait_until(lambda: not [p for p in psutil.process_iter(["username", "status"])
+                            if p.info["username"] in accounts and p.info["status"] != psutil.STATUS_ZOMBIE],
+               30, "no process of the users' accounts after the stop")
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "slurm-hub-figures.json").write_text(json.dumps(figures, indent=1))
     shutil.copy(folder / "state" / "logs" / "jupyterhub.log", ARTIFACTS / "jupyterhub-slurm.log")
