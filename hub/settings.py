@@ -258,6 +258,8 @@ class Settings:
                 raise ValueError(f"{path}: the settings must be a mapping of sections (hub, data, auth, …)")
             base = path.parent
         merged = _deep_merge(doc, overrides or {})
+        if merged.get("platform") == KUBERNETES:
+            raise ValueError("platform: kubernetes is the Helm chart's (helm/beamside), not a settings file's")
         settings = _build(cls, merged, "", refuse=KUBERNETES)
 
         def absolute(value: str | None) -> str | None:
@@ -290,6 +292,7 @@ class Settings:
         sections["data"] = {**sections.get("data", {}), "catalog": catalog}
         sections["auth"] = {**sections.get("auth", {}), "passwords_file": passwords_file}
         sections["audit"] = {"enabled": False}
+        sections["platform"] = KUBERNETES
         settings = _build(cls, sections, "", refuse=None)
         settings.check()
         return settings
@@ -311,7 +314,7 @@ class Settings:
                     "(from the provider's groups claim) whose members may use the hub, or set auth.oidc.allow_all: true "
                     "to admit everyone the provider authenticates"
                 )
-        if self.platform not in ("local", "slurm"):
+        if self.platform not in ("local", "slurm", KUBERNETES):
             raise ValueError(f"platform must be 'local' or 'slurm', got {self.platform!r}")
         if self.platform != "slurm" and self.slurm != Slurm():
             raise ValueError("the slurm settings need platform: slurm")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from analysis_lib.catalog import Catalog
@@ -45,7 +47,13 @@ def dep(slurm):
     figures["beamside up (slurm) to hub ready (s, incl. demo data)"] = round(time.perf_counter() - t0, 1)
     deployment.slurm = slurm
     yield deployment
-    deployment.stop()
+    assert deployment.stop() == 0
+    # nothing left: no job of any user in the queue, no process of the users' accounts
+    wait_until(lambda: not slurm.run("squeue", "--noheader").stdout.strip(), 60, "every job gone after the stop")
+    accounts = {"bs-alice", "bs-bob", "bs-carol"}
+    wait_until(lambda: not [p for p in psutil.process_iter(["username", "status"])
+                            if p.info["username"] in accounts and p.info["status"] != psutil.STATUS_ZOMBIE],
+               30, "no process of the users' accounts after the stop")
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "slurm-hub-figures.json").write_text(json.dumps(figures, indent=1))
     shutil.copy(folder / "state" / "logs" / "jupyterhub.log", ARTIFACTS / "jupyterhub-slurm.log")
@@ -91,16 +99,15 @@ try:
     open({bob_file!r}, "rb").read(8); res["bob"] = "READ"
 except Exception as e:
     res["bob"] = type(e).__name__
-res["own"] = al.open("bt-1001/raw/scan_0001.nxs")[next(iter(al.open("bt-1001/raw/scan_0001.nxs").data_vars))].shape[0]
+ds = al.open("bt-1001/raw/scan_0001.nxs")
+res["own"] = ds[next(iter(ds.data_vars))].shape[0]
 """)
-    import pwd
-
     assert res["uid"] == pwd.getpwnam("bs-alice").pw_uid
     assert res["job"] == jobs[0]["id"]
     assert res["listdir"] == ["bt-1001"] and res["bob"] == "FileNotFoundError" and res["own"] > 0
     assert res["cap_eff"] == "0000000000000000" and res["homes"] == ["alice"]
-    listening = [c for c in __import__("psutil").net_connections("tcp") if c.status == "LISTEN"
-                 and c.pid and __import__("psutil").Process(c.pid).username() == "bs-alice"]
+    listening = [c for c in psutil.net_connections("tcp") if c.status == "LISTEN"
+                 and c.pid and psutil.Process(c.pid).username() == "bs-alice"]
     assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening), listening
 
 
