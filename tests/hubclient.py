@@ -64,15 +64,26 @@ class Kernel:
         r = requests.post(f"{self.base}/api/kernels", headers=self.headers, json={"name": "python3"}, timeout=60)
         r.raise_for_status()
         self.id = r.json()["id"]
-        ws_url = self.base.replace("http", "ws", 1) + f"/api/kernels/{self.id}/channels"
-        self.ws = websocket.create_connection(ws_url, header=[f"Authorization: token {token}"], timeout=300)
-        self.session = uuid.uuid4().hex
+        self.token = token
+        self._connect()
         # Widget messages with buffers (the viewer's images) come as binary frames: their sizes
         # are what an update costs on the wire.
         self.binary: list[int] = []
 
+    def _connect(self) -> None:
+        ws_url = self.base.replace("http", "ws", 1) + f"/api/kernels/{self.id}/channels"
+        self.ws = websocket.create_connection(ws_url, header=[f"Authorization: token {self.token}"], timeout=300)
+        self.session = uuid.uuid4().hex
+        self.last_used = time.monotonic()
+
     def run(self, code: str, timeout: float = 300) -> dict:
         """Execute ``code``; returns {"status", "stdout", "stderr", "result", "error"}."""
+        # The server pings every 30 s and closes a channel whose pings went unanswered for 90 s;
+        # this client answers only while it reads, so a channel idle for a minute is opened afresh
+        # (the kernel itself keeps running and keeps its state).
+        if time.monotonic() - self.last_used > 60:
+            self.ws.close()
+            self._connect()
         msg_id = uuid.uuid4().hex
         self.ws.send(json.dumps({
             "header": {"msg_id": msg_id, "msg_type": "execute_request", "session": self.session,
@@ -104,6 +115,7 @@ class Kernel:
                 out["status"] = content["status"]
             elif kind == "status" and content.get("execution_state") == "idle":
                 idle = True
+        self.last_used = time.monotonic()
         if idle and out["status"]:
             return out
         raise TimeoutError(f"no reply to {code[:60]!r} in {timeout} s")

@@ -57,6 +57,8 @@ def dep(slurm):
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "slurm-hub-figures.json").write_text(json.dumps(figures, indent=1))
     shutil.copy(folder / "state" / "logs" / "jupyterhub.log", ARTIFACTS / "jupyterhub-slurm.log")
+    for log in (folder / "state" / "homes").glob("*/.beamside-server.log"):  # what each server job printed
+        shutil.copy(log, ARTIFACTS / f"slurm-server-{log.parent.name}.log")
     shutil.rmtree(folder, ignore_errors=True)
 
 
