@@ -21,6 +21,14 @@ fi
 if [ "$(id -u)" = 0 ] && ! command -v bwrap >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null
 fi
+# A real single-node SLURM for the SLURM tests (tests/slurm.py starts munged, slurmctld and slurmd of its
+# own under a temporary folder; the packages start nothing here, as there is no systemd). Without
+# --no-install-recommends apt pulls about 42 packages.
+slurm_installed() { for b in /usr/sbin/slurmctld /usr/sbin/slurmd /usr/bin/sbatch /usr/sbin/munged; do [ -x "$b" ] || return 1; done; }
+if [ "$(id -u)" = 0 ] && ! slurm_installed; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+     slurmctld slurmd slurm-client munge) >/dev/null 2> >(grep -v '^debconf: delaying package configuration' >&2)
+fi
 # A mock OpenID Connect provider for the OIDC login tests, in its own venv under the ignored tooling
 # folder (oidc-provider-mock 0.4 needs Python 3.12; 0.3.4 is the newest that runs on 3.11).
 OIDC_VENV=.tooling/oidc-venv

@@ -22,7 +22,7 @@ from pathlib import Path
 import analysis_lib
 
 from . import auth, network, sandbox
-from .platform import LocalPlatform
+from .platform import platform_named
 from .runtime import Paths, Runtime
 from .settings import Settings
 
@@ -145,7 +145,8 @@ def prepare(config: str | None, overrides: dict | None = None) -> Runtime:
     _refuse_if_visible(paths, config, [bt.real_path for bt in load_catalog(paths.catalog).beamtimes])
     for db in state.glob("*.sqlite"):  # made before umask 077 was set: hub databases hold OAuth secrets
         os.chmod(db, 0o600)
-    private = isolate and s.singleuser.network == "private"
+    platform = platform_named(s.platform)
+    private = isolate and s.singleuser.network == "private" and platform.can_have_private_network
     if private:
         network.ensure_internal_address()
     secret_values = {name: _secret(secret_dir, name)
@@ -156,9 +157,9 @@ def prepare(config: str | None, overrides: dict | None = None) -> Runtime:
     runtime = Runtime(
         settings=s,
         paths=paths,
-        addresses=LocalPlatform.derive_addresses(s, private),
+        addresses=platform.derive_addresses(s, private),
         secrets=secret_values,
-        platform=LocalPlatform.name,
+        platform=platform.name,
         network="private" if private else "host",
         isolate=isolate,
         isolation=why,

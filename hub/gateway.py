@@ -1,4 +1,9 @@
-"""dask-gateway's backend for beamside: a user's scheduler and workers in that user's sandbox.
+"""dask-gateway's backends for beamside: a user's scheduler and workers in that user's sandbox.
+
+:class:`BeamsideClusters` is what every backend whose processes run on Linux
+hosts as the user's account shares (the local one here, the SLURM one in
+:mod:`beamside_hub.slurm_gateway`); :class:`BeamsideBackend` is the embedded
+mode's, processes on the hub's host.
 
 dask-gateway's LocalBackend already starts cluster processes as the user's
 Unix account; this subclass maps hub names to beamside accounts, wraps each
@@ -38,8 +43,12 @@ _WORK = "work"  # the user's own part of a cluster's folder
 _LOGS = "logs"
 
 
-class BeamsideBackend(sandbox.Sandboxed, LocalBackend):
-    """LocalBackend + beamside accounts, sandboxes and per-user limits."""
+class BeamsideClusters(sandbox.Sandboxed):
+    """What beamside adds to any dask-gateway backend whose processes run on Linux hosts as the
+    user's account (here: :class:`BeamsideBackend`; on SLURM:
+    :class:`beamside_hub.slurm_gateway.BeamsideSlurmBackend`): accounts, the root-owned cluster
+    folder, the sandbox around every scheduler and worker, the per-user cluster limit, and the
+    reconcile loop that ends clusters whose user lost a beamtime or that are too old."""
 
     max_clusters_per_user = Integer(2, config=True, help="How many clusters one user may run at once.")
     max_cluster_age = Float(0, config=True, help="Seconds after which a cluster is stopped even if busy (0: never).")
@@ -58,11 +67,9 @@ class BeamsideBackend(sandbox.Sandboxed, LocalBackend):
         return await super().start_cluster(user, cluster_options)
 
     # -- the cluster's folder: root's, with the user's work/ inside -------------------------------
-    def setup_working_directory(self, cluster):
+    def make_cluster_folder(self, cluster) -> str:
         """``<clusters>/<name>/`` (root, group of the user, 0750) with ``.certs/`` and ``logs/`` (root's,
         readable by the user) and ``work/`` (the user's, the processes' working folder)."""
-        if not self.isolate:
-            return super().setup_working_directory(cluster)
         account = self._account(cluster.username)
         clusters = Path(self.clusters_directory)
         clusters.mkdir(parents=True, exist_ok=True)
@@ -82,37 +89,8 @@ class BeamsideBackend(sandbox.Sandboxed, LocalBackend):
                 os.close(folder)
         return str(clusters / cluster.name)
 
-    def set_file_permissions(self, paths, username):
-        """Nothing to give away: :meth:`setup_working_directory` sets every owner on creation.
-
-        (Upstream chowns each path here, and through a bug in dask-gateway 2026.3,
-        ``paths.extend(path)``, also the single characters of the TLS paths — ``"/"`` among them.)
-        """
-        if not self.isolate:
-            return
-
-    async def start_process(self, cluster, cmd, env, name):
-        """Start one scheduler or worker with its output in ``logs/<name>.log``, created by root on the
-        folder's fd with no-follow flags, and no stdin of root's."""
-        if not self.isolate:
-            return await super().start_process(cluster, cmd, env, name)
-        account = self._account(cluster.username)
-        with rootfs.root_dir(Path(cluster.state["workdir"]) / _LOGS) as logs:
-            fd = rootfs.create_file(logs, f"{name}.log", mode=0o640, gid=account.gid)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *cmd, preexec_fn=self.make_preexec_fn(cluster), start_new_session=True, env=env,
-                stdin=subprocess.DEVNULL, stdout=fd, stderr=asyncio.subprocess.STDOUT,
-            )
-        finally:
-            os.close(fd)
-        return proc.pid
-
-    def make_preexec_fn(self, cluster):
-        workdir = cluster.state["workdir"]
-        if not self.isolate:
-            return lambda: os.chdir(workdir)
-        return self.preexec_for(self._account(cluster.username), os.path.join(workdir, _WORK))
+    def cluster_folder(self, cluster) -> Path:
+        return Path(cluster.state["workdir"])
 
     def get_env(self, cluster):
         env = super().get_env(cluster)
@@ -131,7 +109,7 @@ class BeamsideBackend(sandbox.Sandboxed, LocalBackend):
             return cmd
         account = self._account(cluster.username)
         sandbox.ensure_home(Path(self.homes_dir), cluster.username, account)
-        folder = Path(cluster.state["workdir"])
+        folder = self.cluster_folder(cluster)
         return self.sandbox_argv(account, readonly=[folder], writable=[folder / _WORK], workdir=folder / _WORK) + list(cmd)
 
     def _listen_on(self, cluster, cmd: list[str]) -> list[str]:
@@ -144,6 +122,10 @@ class BeamsideBackend(sandbox.Sandboxed, LocalBackend):
             return cmd
         return [a.replace(self.default_host, address, 1) if a.startswith(self.default_host) else a for a in cmd]
 
+    def worker_host(self, cluster) -> str | None:
+        """Where workers listen (None: where distributed picks, on the route to the scheduler)."""
+        return self.user_address(self._account(cluster.username)) if self.isolate else None
+
     def get_scheduler_command(self, cluster):
         return self._sandboxed(cluster, self._listen_on(cluster, super().get_scheduler_command(cluster)))
 
@@ -151,7 +133,7 @@ class BeamsideBackend(sandbox.Sandboxed, LocalBackend):
         # Workers' own dashboards are unauthenticated and nobody needs them: the scheduler's is
         # reached through the gateway's authenticated proxy.
         cmd = super().get_worker_command(cluster, worker_name, scheduler_address) + ["--no-dashboard"]
-        address = self.user_address(self._account(cluster.username)) if self.isolate else None
+        address = self.worker_host(cluster)
         if address:
             cmd += ["--host", address]
         return self._sandboxed(cluster, cmd)
@@ -193,6 +175,48 @@ class BeamsideBackend(sandbox.Sandboxed, LocalBackend):
                 raise
             except Exception as exc:  # a broken catalog must not end the loop; the next round retries
                 self.log.warning("could not check clusters against the catalog: %s", exc)
+
+
+class BeamsideBackend(BeamsideClusters, LocalBackend):
+    """LocalBackend + beamside accounts, sandboxes and per-user limits: processes on this host."""
+
+    def setup_working_directory(self, cluster):
+        """The root-owned cluster folder (:meth:`BeamsideClusters.make_cluster_folder`)."""
+        if not self.isolate:
+            return super().setup_working_directory(cluster)
+        return self.make_cluster_folder(cluster)
+
+    def set_file_permissions(self, paths, username):
+        """Nothing to give away: :meth:`setup_working_directory` sets every owner on creation.
+
+        (Upstream chowns each path here, and through a bug in dask-gateway 2026.3,
+        ``paths.extend(path)``, also the single characters of the TLS paths — ``"/"`` among them.)
+        """
+        if not self.isolate:
+            return
+
+    async def start_process(self, cluster, cmd, env, name):
+        """Start one scheduler or worker with its output in ``logs/<name>.log``, created by root on the
+        folder's fd with no-follow flags, and no stdin of root's."""
+        if not self.isolate:
+            return await super().start_process(cluster, cmd, env, name)
+        account = self._account(cluster.username)
+        with rootfs.root_dir(Path(cluster.state["workdir"]) / _LOGS) as logs:
+            fd = rootfs.create_file(logs, f"{name}.log", mode=0o640, gid=account.gid)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, preexec_fn=self.make_preexec_fn(cluster), start_new_session=True, env=env,
+                stdin=subprocess.DEVNULL, stdout=fd, stderr=asyncio.subprocess.STDOUT,
+            )
+        finally:
+            os.close(fd)
+        return proc.pid
+
+    def make_preexec_fn(self, cluster):
+        workdir = cluster.state["workdir"]
+        if not self.isolate:
+            return lambda: os.chdir(workdir)
+        return self.preexec_for(self._account(cluster.username), os.path.join(workdir, _WORK))
 
     async def stop_process(self, pid):
         """Stop the sandbox's whole process group: SIGINT, then SIGTERM, then SIGKILL."""

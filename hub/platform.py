@@ -73,19 +73,27 @@ class LocalPlatform(Platform):
     when ``network`` is ``private`` (:mod:`beamside_hub.network`)."""
 
     name = "local"
+    spawner_class = "beamside_hub.spawner.BeamsideSpawner"
+    backend_class = "beamside_hub.gateway.BeamsideBackend"
+    can_have_private_network = True  # users' processes in network namespaces of their own (needs root where they run)
 
-    @staticmethod
-    def derive_addresses(settings: Settings, private_network: bool) -> Addresses:
+    @classmethod
+    def internal_ip(cls, settings: Settings, private_network: bool) -> str:
+        """The address users' processes reach the hub's API and the gateway on."""
+        from .network import INTERNAL_IP
+
+        return INTERNAL_IP if private_network else "127.0.0.1"
+
+    @classmethod
+    def derive_addresses(cls, settings: Settings, private_network: bool) -> Addresses:
         """The addresses on one machine (what ``beamside up`` writes into the runtime file).
 
         With a private network per user, what users' processes must reach (the hub's API, the
         gateway's proxy and its scheduler traffic) is on the internal address, the only host address
         their namespaces have a route to; the rest stays on loopback.
         """
-        from .network import INTERNAL_IP
-
         hub, dask = settings.hub, settings.dask
-        internal = INTERNAL_IP if private_network else "127.0.0.1"
+        internal = cls.internal_ip(settings, private_network)
         return Addresses(
             public_bind_url=f"http://{hub.ip}:{hub.port}",
             hub_bind_url=f"http://{internal}:{hub.hub_port}",
@@ -98,8 +106,8 @@ class LocalPlatform(Platform):
     def configure_servers(self, c, runtime: Runtime, env: dict) -> None:
         paths, a = runtime.paths, runtime.addresses
         venv_bin = os.path.join(paths.venv, "bin")
-        c.JupyterHub.spawner_class = "beamside_hub.spawner.BeamsideSpawner"
-        sp = c.BeamsideSpawner
+        c.JupyterHub.spawner_class = self.spawner_class
+        sp = getattr(c, self.spawner_class.rsplit(".", 1)[1])
         self.sandboxes(sp, runtime)
         sp.examples_dir = paths.examples
         sp.logs_dir = os.path.join(paths.state, "logs", "users")
@@ -135,8 +143,8 @@ class LocalPlatform(Platform):
         c.DaskGateway.address = f"127.0.0.1:{dask.api_port}"
         c.Proxy.address = a.gateway_url.split("//", 1)[1]
         c.Proxy.tcp_address = f"{s.hub.ip}:{dask.scheduler_port}"
-        c.DaskGateway.backend_class = "beamside_hub.gateway.BeamsideBackend"
-        b = c.BeamsideBackend
+        c.DaskGateway.backend_class = self.backend_class
+        b = getattr(c, self.backend_class.rsplit(".", 1)[1])
         self.sandboxes(b, runtime)
         b.clusters_directory = os.path.join(paths.gateway_dir, "clusters")
         b.api_url = f"{a.gateway_url}{GATEWAY_PREFIX}/api"
@@ -158,6 +166,58 @@ class LocalPlatform(Platform):
         section.software_paths = list(paths.software)
         section.audit_socket = paths.audit_socket if runtime.settings.audit.enabled else ""
         section.private_network = runtime.private_network
+
+
+class SlurmPlatform(LocalPlatform):
+    """The facility's HPC cluster: each user server is a SLURM job of the user's account
+    (:mod:`beamside_hub.slurm`), and so are the scheduler and each worker of a Dask cluster
+    (:mod:`beamside_hub.slurm_gateway`), all in the same bubblewrap sandbox as on one machine. The
+    hub, the proxy and the gateway run on the hub's host as in the embedded mode; jobs reach them on
+    ``slurm.hub_ip``.
+    Users' processes share their node's network (per-user namespaces need root on every node)."""
+
+    name = "slurm"
+    spawner_class = "beamside_hub.slurm.BeamsideSlurmSpawner"
+    backend_class = "beamside_hub.slurm_gateway.BeamsideSlurmBackend"
+    can_have_private_network = False
+
+    @classmethod
+    def internal_ip(cls, settings: Settings, private_network: bool) -> str:
+        return settings.slurm.hub_ip
+
+    def configure_servers(self, c, runtime: Runtime, env: dict) -> None:
+        super().configure_servers(c, runtime, env)
+        slurm = runtime.settings.slurm
+        sp = c.BeamsideSlurmSpawner
+        sp.ip = slurm.server_ip
+        sp.req_partition = slurm.partition
+        sp.req_account = slurm.account
+        sp.slurm_bin_dir = slurm.bin_dir
+        sp.slurm_env = {"SLURM_CONF": slurm.conf} if slurm.conf else {}
+        sp.startup_poll_interval = slurm.poll_every
+        sp.defaults = {"cores": slurm.cores, "memory": slurm.memory, "walltime": slurm.walltime}
+        sp.limits = {"cores": slurm.max_cores, "memory": slurm.max_memory, "walltime": slurm.max_walltime}
+        # (importing the spawner class registers batchspawner's API handler, /hub/api/batchspawner,
+        # where each job's server reports the port it picked on its node)
+
+    def configure_gateway(self, c, runtime: Runtime) -> tuple[list[str], dict]:
+        """The gateway as in the embedded mode, its schedulers and workers as SLURM jobs of the
+        user's account (:mod:`beamside_hub.slurm_gateway`), listening on ``slurm.server_ip``."""
+        dask_cmd, environment = super().configure_gateway(c, runtime)
+        slurm, dask = runtime.settings.slurm, runtime.settings.dask
+        b = c.BeamsideSlurmBackend
+        b.default_host = slurm.server_ip
+        b.slurm_env = {"SLURM_CONF": slurm.conf} if slurm.conf else {}
+        b.submit_command = os.path.join(slurm.bin_dir, "sbatch")
+        b.cancel_command = os.path.join(slurm.bin_dir, "scancel")
+        b.status_command = os.path.join(slurm.bin_dir, "squeue")
+        b.cluster_status_period = b.worker_status_period = slurm.poll_every
+        cc = c.SlurmClusterConfig
+        cc.partition = slurm.partition
+        cc.account = slurm.account
+        cc.scheduler_cores = dask.scheduler_cores
+        cc.scheduler_memory = dask.scheduler_memory
+        return dask_cmd, environment
 
 
 class KubernetesPlatform(Platform):
@@ -284,23 +344,27 @@ class KubernetesPlatform(Platform):
         return dask_pod_config(load_catalog(runtime.paths.catalog), user, runtime.settings, environment)
 
 
-PLATFORMS = {"local": LocalPlatform, "kubernetes": KubernetesPlatform}
+PLATFORMS = {"local": LocalPlatform, "slurm": SlurmPlatform, "kubernetes": KubernetesPlatform}
 RUNTIME_ENV = "BEAMSIDE_RUNTIME"  # the runtime file `beamside up` wrote
 HELM_VALUES_ENV = "BEAMSIDE_HELM_VALUES"  # the chart's values.yaml, as the chart mounted it
 
 
-def platform_for(runtime: Runtime) -> Platform:
-    """The platform the runtime names (``local`` when it names none)."""
-    name = runtime.platform or "local"
+def platform_named(name: str) -> type[Platform]:
+    """The platform class a name stands for: a key of :data:`PLATFORMS` or a class's import path."""
     if name in PLATFORMS:
-        return PLATFORMS[name]()
+        return PLATFORMS[name]
     module, _, cls = name.rpartition(".")
     if not module:
         raise ValueError(f"unknown platform {name!r}; known: {', '.join(PLATFORMS)}, or a class's import path")
-    platform = getattr(importlib.import_module(module), cls)()
-    if not isinstance(platform, Platform):
+    platform = getattr(importlib.import_module(module), cls)
+    if not (isinstance(platform, type) and issubclass(platform, Platform)):
         raise TypeError(f"{name} is not a beamside_hub.platform.Platform")
     return platform
+
+
+def platform_for(runtime: Runtime) -> Platform:
+    """The platform the runtime names (``local`` when it names none)."""
+    return platform_named(runtime.platform or "local")()
 
 
 def runtime_from_environment() -> Runtime:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -186,7 +187,57 @@ class Audit:
 
 
 @dataclass(frozen=True)
+class Slurm:
+    """Where user servers and Dask clusters run with ``platform: slurm``: jobs on the facility's cluster.
+
+    Each server is one job (one task) of the user's own account; its cores, memory and time are what
+    the user picks in the spawn form, within the ``max_`` limits (the admin's), starting at the defaults.
+    """
+
+    partition: str = ""  # empty: the cluster's default partition
+    account: str = ""  # the SLURM account jobs are charged to; empty: the user's default
+    cores: int = 1
+    memory: str = "4G"
+    walltime: str = "8:00:00"  # [days-]hours:minutes:seconds, as sbatch --time takes it
+    max_cores: int = 8
+    max_memory: str = "32G"
+    max_walltime: str = "24:00:00"
+    # The address of the hub's host that jobs on the nodes reach (the hub's API, the gateway);
+    # 127.0.0.1 when the hub runs on the cluster's only node.
+    hub_ip: str = "127.0.0.1"
+    # Where a server listens on its node: loopback when the hub is on that node, else the node's
+    # address on the cluster network (never 0.0.0.0).
+    server_ip: str = "127.0.0.1"
+    conf: str | None = None  # SLURM_CONF for sbatch, squeue and scancel; None: SLURM's own default
+    bin_dir: str = "/usr/bin"  # where sbatch, squeue, scontrol and scancel are
+    poll_every: float = 2.0  # seconds between looks at a starting job
+
+
+    def check(self) -> None:
+        from dask.utils import parse_bytes
+
+        for key in ("walltime", "max_walltime"):
+            try:
+                walltime(getattr(self, key))
+            except ValueError as exc:
+                raise ValueError(f"slurm.{key}: {exc}") from None
+        for key in ("memory", "max_memory"):
+            try:
+                parse_bytes(str(getattr(self, key)))
+            except ValueError:
+                raise ValueError(f"slurm.{key}: {getattr(self, key)!r} is not a size such as 4G") from None
+        if not (1 <= self.cores <= self.max_cores and parse_bytes(self.memory) <= parse_bytes(self.max_memory)
+                and walltime(self.walltime) <= walltime(self.max_walltime)):
+            raise ValueError("slurm.cores, memory and walltime (what a server gets by default) must lie within "
+                             "slurm.max_cores, max_memory and max_walltime")
+
+
+@dataclass(frozen=True)
 class Settings:
+    # where user servers and Dask clusters run: "local" (this machine) or "slurm" (jobs on a cluster);
+    # the Helm chart is always "kubernetes"
+    platform: str = _only(LOCAL, "local")
+    slurm: Slurm = _only(LOCAL, factory=Slurm)
     hub: Hub = field(default_factory=Hub)
     data: Data = field(default_factory=Data)
     auth: Auth = field(default_factory=Auth)
@@ -207,6 +258,8 @@ class Settings:
                 raise ValueError(f"{path}: the settings must be a mapping of sections (hub, data, auth, …)")
             base = path.parent
         merged = _deep_merge(doc, overrides or {})
+        if merged.get("platform") == KUBERNETES:
+            raise ValueError("platform: kubernetes is the Helm chart's (helm/beamside), not a settings file's")
         settings = _build(cls, merged, "", refuse=KUBERNETES)
 
         def absolute(value: str | None) -> str | None:
@@ -239,6 +292,7 @@ class Settings:
         sections["data"] = {**sections.get("data", {}), "catalog": catalog}
         sections["auth"] = {**sections.get("auth", {}), "passwords_file": passwords_file}
         sections["audit"] = {"enabled": False}
+        sections["platform"] = KUBERNETES
         settings = _build(cls, sections, "", refuse=None)
         settings.check()
         return settings
@@ -260,6 +314,14 @@ class Settings:
                     "(from the provider's groups claim) whose members may use the hub, or set auth.oidc.allow_all: true "
                     "to admit everyone the provider authenticates"
                 )
+        if self.platform not in ("local", "slurm", KUBERNETES):
+            raise ValueError(f"platform must be 'local' or 'slurm', got {self.platform!r}")
+        if self.platform != "slurm" and self.slurm != Slurm():
+            raise ValueError("the slurm settings need platform: slurm")
+        self.slurm.check()
+        if self.platform == "slurm" and self.singleuser.isolation == "none":
+            raise ValueError("platform: slurm runs every server as its user's own account, in a sandbox: "
+                             "singleuser.isolation: none cannot apply")
         if self.singleuser.isolation not in ("auto", "bubblewrap", "none"):
             raise ValueError("singleuser.isolation must be 'auto', 'bubblewrap' or 'none'")
         if self.singleuser.network not in ("private", "host"):
@@ -269,11 +331,12 @@ class Settings:
         if self.singleuser.home.type not in ("pvc", "nfs"):
             raise ValueError(f"singleuser.home.type must be pvc or nfs, got {self.singleuser.home.type!r}")
 
-    def replace(self, **sections: dict) -> Settings:
+    def replace(self, **sections) -> Settings:
         """A copy with some keys of some sections changed: ``s.replace(hub={"port": 9000})``."""
-        return dataclasses.replace(
-            self, **{name: dataclasses.replace(getattr(self, name), **keys) for name, keys in sections.items()}
-        )
+        return dataclasses.replace(self, **{
+            name: dataclasses.replace(getattr(self, name), **keys) if isinstance(keys, dict) else keys
+            for name, keys in sections.items()
+        })
 
     def to_dict(self) -> dict:
         """Plain data (for the runtime file)."""
@@ -295,6 +358,18 @@ CHART_ONLY: dict[str, tuple[str, ...] | None] = {
     "dask": ("resources",),
     "Release": None,  # added by the chart: the release's name and namespace
 }
+
+
+_WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{2}):(\d{2})$")
+
+
+def walltime(text) -> int:
+    """``[days-]hours:minutes:seconds`` (as sbatch's --time takes it) in seconds."""
+    match = _WALLTIME.match(str(text).strip())
+    if not match:
+        raise ValueError(f"time {text!r} is not [days-]hours:minutes:seconds (e.g. 8:00:00)")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 def load(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Settings:

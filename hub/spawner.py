@@ -37,8 +37,11 @@ from . import rootfs, sandbox
 from .accounts import Account, ensure_account
 
 
-class BeamsideSpawner(sandbox.Sandboxed, LocalProcessSpawner):
-    """LocalProcessSpawner + per-user account + bubblewrap sandbox built from the catalog."""
+class UserServer(sandbox.Sandboxed):
+    """What every beamside spawner adds to JupyterHub's, wherever the server runs (a local process, a
+    SLURM job): the user's account and home, the sandbox's environment, the beamtimes the server was
+    started with and the revocation check on every poll, and the user's attached Dask clusters ending
+    with the server. Subclasses say how to end a server at once (:meth:`_end_now`)."""
 
     examples_dir = Unicode("", config=True, help="Worked examples copied into each new user's home on first login.")
     gateway_api_url = Unicode("", config=True, help="dask-gateway's API, used to end a user's clusters when the server stops.")
@@ -52,17 +55,6 @@ class BeamsideSpawner(sandbox.Sandboxed, LocalProcessSpawner):
 
     def _account(self) -> Account | None:
         return ensure_account(self.user.name, str(self.home)) if self.isolate else None
-
-    def make_preexec_fn(self, name):
-        account = self._account()
-        if account is None:
-            home = str(self.home)
-
-            def preexec():
-                os.chdir(home)
-
-            return preexec
-        return self.preexec_for(account, str(self.home))
 
     def user_env(self, env):
         account = self._account()
@@ -87,11 +79,98 @@ class BeamsideSpawner(sandbox.Sandboxed, LocalProcessSpawner):
         )
         return env
 
-    # -- start -----------------------------------------------------------------------
-    async def start(self):
+    def prepare_user(self) -> Account | None:
+        """Before a start: the account and home exist, and the beamtimes granted now are noted."""
         account = self._account()
         sandbox.ensure_home(Path(self.homes_dir), self.user.name, account, self.examples_dir or None)
         self.granted = self._granted()
+        return account
+
+    async def _end_now(self) -> None:
+        raise NotImplementedError
+
+    # -- access that ended -------------------------------------------------------------
+    def _granted(self) -> list[str]:
+        return Policy(self.catalog).granted(self.user.name)
+
+    def get_state(self):
+        state = super().get_state()
+        if self.granted:
+            state["beamtimes"] = self.granted
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.granted = list(state.get("beamtimes") or [])
+
+    def clear_state(self):
+        super().clear_state()
+        self.granted = []
+
+    async def poll(self):
+        """Running, and still allowed everything it mounts? A revoked beamtime stops the server."""
+        status = await super().poll()
+        return status if status is not None else await self.poll_access()
+
+    async def poll_access(self):
+        """For a running server: None while its user may still read every beamtime it mounts, else it
+        is ended (:meth:`_end_now`) and 1."""
+        if not self.isolate or not self.granted:
+            return None
+        try:
+            lost = set(self.granted) - set(self._granted())
+            account = self._account()
+            sandbox.write_user_files(load_catalog(self.catalog), account, Path(self.sandboxes_dir))
+        except Exception as exc:  # a broken catalog keeps running servers; new starts refuse
+            self.log.warning("could not check %s's access against the catalog: %s", self.user.name, exc)
+            return None
+        if not lost:
+            return None
+        self.log.warning("stopping the server of %s: access to %s ended", self.user.name, ", ".join(sorted(lost)))
+        await self._end_now()
+        return 1
+
+    async def stop(self, now=False):
+        await self._end_attached_clusters()
+        await super().stop(now=now)
+
+    async def _end_attached_clusters(self):
+        """Stop the user's Dask clusters unless started with ``detached=True`` (a script's job)."""
+        if not (self.gateway_api_url and self.api_token):
+            return
+        client = AsyncHTTPClient()
+        headers = {"Authorization": f"jupyterhub {self.api_token}"}
+        try:
+            resp = await client.fetch(HTTPRequest(f"{self.gateway_api_url}/v1/clusters/", headers=headers, request_timeout=10))
+            clusters = json.loads(resp.body)
+            for name, report in clusters.items():
+                if not (report.get("options") or {}).get(DETACHED):
+                    await client.fetch(
+                        HTTPRequest(f"{self.gateway_api_url}/v1/clusters/{name}", method="DELETE", headers=headers,
+                                    request_timeout=10)
+                    )
+                    self.log.info("stopped Dask cluster %s of %s with their server", name, self.user.name)
+        except Exception as exc:  # the server must stop even if the gateway is down
+            self.log.warning("could not end the Dask clusters of %s: %s", self.user.name, exc)
+
+
+class BeamsideSpawner(UserServer, LocalProcessSpawner):
+    """LocalProcessSpawner + per-user account + bubblewrap sandbox built from the catalog."""
+
+    def make_preexec_fn(self, name):
+        account = self._account()
+        if account is None:
+            home = str(self.home)
+
+            def preexec():
+                os.chdir(home)
+
+            return preexec
+        return self.preexec_for(account, str(self.home))
+
+    # -- start -----------------------------------------------------------------------
+    async def start(self):
+        account = self.prepare_user()
         base_cmd, base_popen = list(self.cmd), dict(self.popen_kwargs)
         log_fd = self._open_log(account)
         self.popen_kwargs = {**base_popen, "stdin": subprocess.DEVNULL,
@@ -117,42 +196,6 @@ class BeamsideSpawner(sandbox.Sandboxed, LocalProcessSpawner):
         with rootfs.root_dir(folder) as logs:
             return rootfs.create_file(logs, f"{account.unix_name}.log", mode=0o600, append=True)
 
-    # -- access that ended -------------------------------------------------------------
-    def _granted(self) -> list[str]:
-        return Policy(self.catalog).granted(self.user.name)
-
-    def get_state(self):
-        state = super().get_state()
-        if self.granted:
-            state["beamtimes"] = self.granted
-        return state
-
-    def load_state(self, state):
-        super().load_state(state)
-        self.granted = list(state.get("beamtimes") or [])
-
-    def clear_state(self):
-        super().clear_state()
-        self.granted = []
-
-    async def poll(self):
-        """Running, and still allowed everything it mounts? A revoked beamtime stops the server."""
-        status = await super().poll()
-        if status is not None or not self.isolate or not self.granted:
-            return status
-        try:
-            lost = set(self.granted) - set(self._granted())
-            account = self._account()
-            sandbox.write_user_files(load_catalog(self.catalog), account, Path(self.sandboxes_dir))
-        except Exception as exc:  # a broken catalog keeps running servers; new starts refuse
-            self.log.warning("could not check %s's access against the catalog: %s", self.user.name, exc)
-            return None
-        if not lost:
-            return None
-        self.log.warning("stopping the server of %s: access to %s ended", self.user.name, ", ".join(sorted(lost)))
-        await self._signal(signal.SIGKILL)
-        return 1
-
     # -- stop ------------------------------------------------------------------------
     async def _signal(self, sig):
         """Signal the server's whole process group: the sandbox and everything in it."""
@@ -164,8 +207,10 @@ class BeamsideSpawner(sandbox.Sandboxed, LocalProcessSpawner):
             return True
         return True
 
+    async def _end_now(self) -> None:
+        await self._signal(signal.SIGKILL)
+
     async def stop(self, now=False):
-        await self._end_attached_clusters()
         pid = self.pid
         await super().stop(now=now)
         # The sandbox's outer process may go first; whatever is left of the group goes now.
@@ -174,23 +219,3 @@ class BeamsideSpawner(sandbox.Sandboxed, LocalProcessSpawner):
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-
-    async def _end_attached_clusters(self):
-        """Stop the user's Dask clusters unless started with ``detached=True`` (a script's job)."""
-        if not (self.gateway_api_url and self.api_token):
-            return
-        client = AsyncHTTPClient()
-        headers = {"Authorization": f"jupyterhub {self.api_token}"}
-        try:
-            resp = await client.fetch(HTTPRequest(f"{self.gateway_api_url}/v1/clusters/", headers=headers, request_timeout=10))
-            clusters = json.loads(resp.body)
-            for name, report in clusters.items():
-                if not (report.get("options") or {}).get(DETACHED):
-                    await client.fetch(
-                        HTTPRequest(f"{self.gateway_api_url}/v1/clusters/{name}", method="DELETE", headers=headers,
-                                    request_timeout=10)
-                    )
-                    self.log.info("stopped Dask cluster %s of %s with their server", name, self.user.name)
-        except Exception as exc:  # the server must stop even if the gateway is down
-            self.log.warning("could not end the Dask clusters of %s: %s", self.user.name, exc)
-

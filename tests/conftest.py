@@ -9,6 +9,8 @@ import hdf5plugin
 import numpy as np
 import pytest
 
+from .slurm import slurm  # noqa: F401  (session fixture: a private single-node SLURM, started on first use)
+
 
 def write_stack(path, frames: np.ndarray, *, compression=None, chunks=True, axes=None, extra=None):
     """A minimal NeXus file: /entry/data NXdata whose signal ``data`` is ``frames``."""

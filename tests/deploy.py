@@ -42,7 +42,10 @@ class Deployment:
             "dask": {"port": gw, "api_port": gw_api, "scheduler_port": sched},
         }
         for section, values in (settings or {}).items():
-            base.setdefault(section, {}).update(values)
+            if isinstance(values, dict):
+                base.setdefault(section, {}).update(values)
+            else:  # a top-level setting (platform)
+                base[section] = values
         self.config = self.folder / "config.yaml"
         self.config.write_text(yaml.safe_dump(base))
         self.url = f"http://127.0.0.1:{hub}"

@@ -20,11 +20,12 @@ class Hub:
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         return requests.request(method, f"{self.url}/hub/api{path}", headers=self.headers, timeout=30, **kwargs)
 
-    def spawn(self, user: str, timeout: float = 180) -> float:
-        """Start ``user``'s server and wait until it is ready; returns seconds to ready."""
+    def spawn(self, user: str, timeout: float = 180, **options) -> float:
+        """Start ``user``'s server (with the spawner's ``options``, if any) and wait until it is
+        ready; returns seconds to ready."""
         self.api("POST", f"/users/{user}")
         t0 = time.perf_counter()
-        r = self.api("POST", f"/users/{user}/server")
+        r = self.api("POST", f"/users/{user}/server", **({"json": options} if options else {}))
         if r.status_code not in (201, 202, 400):
             raise RuntimeError(f"spawn of {user} failed: {r.status_code} {r.text[:300]}")
         deadline = t0 + timeout
@@ -63,15 +64,26 @@ class Kernel:
         r = requests.post(f"{self.base}/api/kernels", headers=self.headers, json={"name": "python3"}, timeout=60)
         r.raise_for_status()
         self.id = r.json()["id"]
-        ws_url = self.base.replace("http", "ws", 1) + f"/api/kernels/{self.id}/channels"
-        self.ws = websocket.create_connection(ws_url, header=[f"Authorization: token {token}"], timeout=300)
-        self.session = uuid.uuid4().hex
+        self.token = token
+        self._connect()
         # Widget messages with buffers (the viewer's images) come as binary frames: their sizes
         # are what an update costs on the wire.
         self.binary: list[int] = []
 
+    def _connect(self) -> None:
+        ws_url = self.base.replace("http", "ws", 1) + f"/api/kernels/{self.id}/channels"
+        self.ws = websocket.create_connection(ws_url, header=[f"Authorization: token {self.token}"], timeout=300)
+        self.session = uuid.uuid4().hex
+        self.last_used = time.monotonic()
+
     def run(self, code: str, timeout: float = 300) -> dict:
         """Execute ``code``; returns {"status", "stdout", "stderr", "result", "error"}."""
+        # The server pings every 30 s and closes a channel whose pings went unanswered for 90 s;
+        # this client answers only while it reads, so a channel idle for a minute is opened afresh
+        # (the kernel itself keeps running and keeps its state).
+        if time.monotonic() - self.last_used > 60:
+            self.ws.close()
+            self._connect()
         msg_id = uuid.uuid4().hex
         self.ws.send(json.dumps({
             "header": {"msg_id": msg_id, "msg_type": "execute_request", "session": self.session,
@@ -103,6 +115,7 @@ class Kernel:
                 out["status"] = content["status"]
             elif kind == "status" and content.get("execution_state") == "idle":
                 idle = True
+        self.last_used = time.monotonic()
         if idle and out["status"]:
             return out
         raise TimeoutError(f"no reply to {code[:60]!r} in {timeout} s")

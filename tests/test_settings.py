@@ -57,3 +57,22 @@ def test_defaults_are_filled_in_once(tmp_path):
     assert s.singleuser.cpu_limit == 2 and s.dask.max_workers == 4  # ints pass as floats; the rest default
     assert Settings.from_dict(s.to_dict()) == s  # the runtime file carries them unchanged
     assert s.replace(hub={"port": 9000}).hub.port == 9000 and s.hub.port == 8000
+
+
+@pytest.mark.parametrize("text, message", [
+    ("slurm: {partition: gpu}\n", "the slurm settings need platform: slurm"),
+    ("platform: pbs\n", "platform must be 'local' or 'slurm'"),
+    ("platform: slurm\nslurm: {walltime: 8h}\n", "slurm.walltime: time '8h' is not"),
+    ("platform: slurm\nslurm: {cores: 16, max_cores: 8}\n", "must lie within slurm.max_cores"),
+    ("platform: slurm\nslurm: {max_memory: lots}\n", "slurm.max_memory: 'lots' is not a size"),
+    ("platform: slurm\nsingleuser: {isolation: none}\n", "singleuser.isolation: none cannot apply"),
+])
+def test_slurm_settings_are_checked_where_the_admin_wrote_them(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message):
+        settings.load(write(tmp_path, text))
+
+
+def test_slurm_settings_load_with_their_defaults(tmp_path):
+    s = settings.load(write(tmp_path, "platform: slurm\nslurm: {partition: debug, max_walltime: '1-00:00:00'}\n"))
+    assert s.platform == "slurm" and s.slurm.partition == "debug" and s.slurm.server_ip == "127.0.0.1"
+    assert settings.walltime(s.slurm.max_walltime) == 86400 and settings.walltime("8:00:00") == 28800
