@@ -13,7 +13,7 @@ import os
 import dask
 import dask.config
 
-from .contract import MALLOC_TRIM_CONFIG, WORKER_CORES, WORKER_MEMORY, WORKER_MEMORY_UNIT
+from .contract import WORKER_CONFIG, WORKER_CORES, WORKER_MEMORY, WORKER_MEMORY_UNIT
 
 __all__ = ["cluster", "compute"]
 
@@ -64,7 +64,7 @@ def _local_client(workers, cores, memory):
     from distributed import Client, LocalCluster
 
     n = workers or max(1, _cores())
-    with dask.config.set({MALLOC_TRIM_CONFIG: None}):  # glibc's trim threshold: see analysis_lib.contract
+    with dask.config.set(WORKER_CONFIG):  # glibc's trim threshold, the preload: see analysis_lib.contract
         local = LocalCluster(
             n_workers=n,
             threads_per_worker=cores or 1,

@@ -314,7 +314,8 @@ def _al(a, op):
     client = al.cluster(workers=a.workers, cores=1)
     extra["cluster_start_s"] = time.perf_counter() - t0
     try:
-        # Workers import analysis_lib and open the file on their first task: a once-per-session cost.
+        # Workers import the reductions while they start (analysis_lib.contract.WORKER_CONFIG: in
+        # cluster start) and open the file on their first task: a once-per-session cost.
         t0 = time.perf_counter()
         _al_reduce(al, ds.isel(frame=slice(0, 2 * a.workers)), op)
         extra["warmup_s"] = time.perf_counter() - t0

@@ -34,7 +34,7 @@ from dask_gateway_server.backends.local import LocalBackend, wait_is_shutdown
 from traitlets import Float, Integer
 
 from analysis_lib import Policy
-from analysis_lib.contract import NO_MALLOC_TRIM_ENV, USER_ENV
+from analysis_lib.contract import USER_ENV, WORKER_ENV
 
 from . import rootfs, sandbox
 from .accounts import ensure_account
@@ -98,7 +98,7 @@ class BeamsideClusters(sandbox.Sandboxed):
             {
                 "HOME": str(self.home_of(cluster.username)),
                 USER_ENV: cluster.username,
-                **NO_MALLOC_TRIM_ENV,
+                **WORKER_ENV,
                 **self.sandbox_env(),
             }
         )

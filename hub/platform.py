@@ -33,7 +33,7 @@ import os
 
 import yaml
 
-from analysis_lib.contract import GATEWAY_PREFIX, NO_MALLOC_TRIM_ENV
+from analysis_lib.contract import GATEWAY_PREFIX, WORKER_ENV
 
 from .runtime import Addresses, KubeRuntime, Paths, Runtime
 from .settings import Settings
@@ -333,7 +333,7 @@ class KubernetesPlatform(Platform):
         kc.image_pull_policy = k.image_pull_policy
         kc.scheduler_cores = dask.scheduler_cores
         kc.scheduler_memory = dask.scheduler_memory
-        return ["dask"], {"PYTHONNOUSERSITE": "1", **NO_MALLOC_TRIM_ENV}
+        return ["dask"], {"PYTHONNOUSERSITE": "1", **WORKER_ENV}
 
     def cluster_config(self, runtime: Runtime, user: str, environment: dict) -> dict:
         """The user's own mounts and ids, from the catalog at the time the cluster starts."""

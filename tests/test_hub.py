@@ -130,6 +130,10 @@ import time, numpy as np, analysis_lib as al
 print(sorted(b.id for b in al.beamtimes()))
 t0 = time.perf_counter(); client = al.cluster(workers=2); client.wait_for_workers(2, timeout=180)
 print("cluster", time.perf_counter() - t0)
+def arrived_ready():
+    import os, sys
+    return "analysis_lib.ops" in sys.modules, os.environ.get("MALLOC_TRIM_THRESHOLD_")
+print("workers-ready", sorted(set(client.run(arrived_ready).values())))
 mean = al.ops.mean_frame(al.open("bt-1001/raw/scan_0001.nxs")).compute()
 np.save("/tmp/mean.npy", mean.values)
 print("workers-uids", sorted(set(client.run(__import__("os").getuid).values())))
@@ -140,9 +144,10 @@ print(repr(np.load("/tmp/mean.npy").sum()))
     lines = out.splitlines()
     assert lines[0] == "['bt-1001']"
     figures["gateway cluster with 2 workers (s)"] = round(float(lines[1].split()[1]), 2)
+    assert lines[2] == "workers-ready [(True, None)]"  # the gateway's workers got analysis_lib.contract.WORKER_ENV
     assert "the data stayed here" in out
     np.testing.assert_allclose(float(lines[-1].split("(")[-1].rstrip(")")), expected.sum(), rtol=1e-9)
-    worker_uids = json.loads(lines[2].split(" ", 1)[1])
+    worker_uids = json.loads(lines[3].split(" ", 1)[1])
     assert worker_uids and 0 not in worker_uids
 
 

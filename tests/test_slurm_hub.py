@@ -144,6 +144,7 @@ res["bob"] = dask_client.submit(peek, {path_of(catalog, 'bt-1002')!r}, pure=Fals
 res["own"] = dask_client.submit(peek, {path_of(catalog, 'bt-1001')!r}, pure=False).result()
 res["listdir"] = dask_client.submit(lambda: sorted(os.listdir({str(catalog.data_root)!r})), pure=False).result()
 res["uids"] = sorted(set(dask_client.run(os.getuid).values()))
+res["ready"] = sorted(set(dask_client.run(lambda: ("analysis_lib.ops" in __import__("sys").modules, os.environ.get("MALLOC_TRIM_THRESHOLD_"))).values()))
 res["caps"] = sorted(set(dask_client.run(caps).values()))
 res["worker_jobs"] = sorted(set(dask_client.run(job).values()))
 res["scheduler_job"] = dask_client.run_on_scheduler(job)
@@ -159,6 +160,7 @@ res["sum"] = float(al.ops.mean_frame(al.open("bt-1001/raw/scan_0001.nxs")).compu
         assert sorted(j["id"] for j in jobs) == sorted([res["scheduler_job"], *res["worker_jobs"]]), (jobs, res)
         assert all(j["state"] == "RUNNING" for j in jobs) and len(res["worker_jobs"]) == 1
         assert res["uids"] == [uid] and res["scheduler_uid"] == uid and res["caps"] == ["0000000000000000"]
+        assert res["ready"] == [[True, None]], res  # analysis_lib.contract.WORKER_ENV reached the worker job
         assert res["bob"] == "FileNotFoundError" and res["own"] == "READ" and res["listdir"] == ["bt-1001"]
         np.testing.assert_allclose(res["sum"], expected.sum(), rtol=1e-9)
         listening = listening_of("bs-alice")
