@@ -289,6 +289,7 @@ class Supervisor:
                 self.start_proxy()
             if self.hub.poll() is not None and not self.stopping:
                 _say(f"JupyterHub exited ({self.hub.returncode}); restarting it (user servers keep running)")
+                _end_orphaned_services(self.runtime.addresses.hub_api_url)
                 self.start_hub()
                 self.wait_ready()
         self.shutdown()
@@ -331,6 +332,42 @@ class Supervisor:
 def _open_log(folder: Path, name: str):
     """A service's log, appended to; created root-only and never through a symlink."""
     return os.fdopen(os.open(folder / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), "ab")
+
+
+def _end_orphaned_services(hub_api_url: str, timeout: float = 30) -> None:
+    """The services a dead hub started (the gateway, the culler, the audit socket) are ended first.
+
+    A hub that exits cleanly stops its services; one killed outright (SIGKILL, the OOM killer)
+    leaves them running, and the next hub's would then fail on their ports ("address in use") —
+    the gateway, after marking every cluster stopped. They are this account's processes whose
+    environment names a service of this hub (``JUPYTERHUB_SERVICE_NAME`` and this hub's API URL);
+    single-user servers carry no service name and keep running. The gateway, ended with SIGTERM,
+    stops its clusters (on SLURM: cancels their jobs) as on any hub restart.
+    """
+    import psutil
+
+    services = []
+    for proc in psutil.process_iter(["pid", "uids"]):
+        try:
+            if proc.info["uids"].real != os.getuid() or proc.pid == os.getpid():
+                continue
+            env = proc.environ()
+            if env.get("JUPYTERHUB_SERVICE_NAME") and env.get("JUPYTERHUB_API_URL") == hub_api_url:
+                services.append(proc)
+                _say(f"ending the {env['JUPYTERHUB_SERVICE_NAME']} service the last hub left running (pid {proc.pid})")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    for proc in services:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(services, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _kill_leftovers(state: Path) -> None:

@@ -17,7 +17,11 @@ clusters) and fixes what batchspawner 1.3 gets wrong for a facility:
   resources in partition debug"); the cores, memory and time the user asks for
   are checked against the admin's limits before anything is submitted;
 - commands run as the user's account through ``runuser`` (the hub is root),
-  not through a sudo rule the admin would have to write.
+  not through a sudo rule the admin would have to write;
+- the hub's ``/api/batchspawner`` takes the server's port and nothing else
+  (:class:`ServerPortReport`): batchspawner's own handler sets any spawner
+  attribute a server's token names, ``exec_prefix`` included — a shell
+  prefix root runs.
 
 Inside the job, the server runs in the same bubblewrap sandbox as on one
 machine (:mod:`beamside_hub.sandbox`): only the user's beamtimes, read-only;
@@ -33,8 +37,10 @@ import re
 import shlex
 
 from batchspawner import JobStatus, SlurmSpawner
+from batchspawner.api import BatchSpawnerAPIHandler
 from batchspawner.batchspawner import format_template
 from dask.utils import parse_bytes
+from jupyterhub.apihandlers import APIHandler, default_handlers
 from tornado import web
 from traitlets import Dict, Float, Unicode, default
 
@@ -294,6 +300,41 @@ class BeamsideSlurmSpawner(UserServer, SlurmSpawner):
                 yield {"message": message}
                 told = message
             await asyncio.sleep(1)
+
+
+class ServerPortReport(APIHandler):
+    """``POST /hub/api/batchspawner`` from ``batchspawner-singleuser``: the port its server listens on.
+
+    Replaces batchspawner 1.3's handler (``batchspawner/api.py``), which does ``setattr(spawner,
+    key, value)`` for every key of the body that the spawner has, authenticated only by the token
+    every server holds in its environment. From a notebook, a user could then rewrite
+    ``exec_prefix`` or ``batch_cancel_cmd`` (shell commands the hub runs as root), ``cmd``, ``ip``
+    or the admin's ``limits``. Here the body is ``{"port": n}`` and nothing else, accepted once,
+    while that server is starting; anything else is refused and logged.
+    """
+
+    @web.authenticated
+    def post(self):
+        token = self.get_auth_token()
+        spawner = next((s for s in self.current_user.spawners.values() if s.api_token == token), None)
+        body = self.get_json_body()
+        port = body.get("port") if isinstance(body, dict) else None
+        if spawner is None or not isinstance(spawner, BeamsideSlurmSpawner):
+            raise web.HTTPError(403, "only a server job reports its port, with its own token")
+        if set(body or {}) != {"port"} or type(port) is not int or not 1 <= port <= 65535:
+            self.log.warning("refused a port report for %s's server naming %s", spawner.user.name, sorted(body or {}))
+            raise web.HTTPError(400, 'the server reports {"port": <1..65535>} and nothing else')
+        if spawner.pending != "spawn" or spawner.port:
+            self.log.warning("refused a second port report for %s's server", spawner.user.name)
+            raise web.HTTPError(409, "this server has already reported its port")
+        spawner.port = port
+        self.set_status(201)
+        self.finish({"message": "port recorded"})
+
+
+# batchspawner appended its handler to JupyterHub's API routes when imported: put ours in its place.
+default_handlers[:] = [(route, ServerPortReport if handler is BatchSpawnerAPIHandler else handler)
+                       for route, handler in default_handlers]
 
 
 def _apply_job_request(spawner: BeamsideSlurmSpawner, user_options: dict) -> None:
