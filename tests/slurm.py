@@ -66,10 +66,10 @@ DefMemPerCPU=500
 # Start jobs as soon as they are submitted (else on 3 s boundaries); a cancelled job is killed soon.
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
 KillWait=2
-# More CPUs than the machine has, so a server, a scheduler and workers fit at once;
+# More CPUs than the machine has, so three users' servers, schedulers and workers fit at once;
 # config_overrides keeps slurmd from draining the node for the difference.
 SlurmdParameters=config_overrides
-NodeName={node} NodeHostname={hostname} NodeAddr=127.0.0.1 CPUs=8 RealMemory=8000 State=UNKNOWN
+NodeName={node} NodeHostname={hostname} NodeAddr=127.0.0.1 CPUs=16 RealMemory=16000 State=UNKNOWN
 PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -255,6 +255,21 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError as err:
         return f"({err})"
+
+
+def beamside_settings(cluster: SlurmCluster) -> dict:
+    """The settings of a `beamside up` whose servers and clusters are jobs of ``cluster``.
+
+    Servers ask for 1G (not the 4G default), so three users' servers and their Dask jobs fit on
+    the one node; the hub polls the queue every half second and checks access every 2 s, so
+    tests see a job's or a grant's change quickly.
+    """
+    return {
+        "platform": "slurm",
+        "slurm": {"conf": str(cluster.conf), "poll_every": 0.5, "memory": "1G", "max_cores": 4,
+                  "walltime": "1:00:00", "max_walltime": "2:00:00"},
+        "singleuser": {"access_check_every": 2},
+    }
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,13 @@
-"""The embedded deployment for real: JupyterHub, the node proxy, sandboxed servers, dask-gateway.
+"""A deployment for real: JupyterHub, the node proxy, sandboxed servers, dask-gateway — on each platform.
 
-One `beamside up` serves the whole module (free ports on 127.0.0.1, stopped by
-PID at the end, which must leave no process behind). Users come from the demo
-catalog: alice (bt-1001), bob (bt-1001 and bt-1002), carol (bt-2001,
-confidential).
+Every test here runs twice: on the embedded platform (servers and Dask processes on this machine)
+and on SLURM (the same, as jobs of a private slurmctld/slurmd, ``tests/slurm.py``). A new way to
+run servers gets the same isolation attacks as the old one: symlinks, HDF5 external links and
+virtual datasets into other beamtimes, other users' servers, clusters and tokens.
+
+One `beamside up` per platform serves the module (free ports on 127.0.0.1, stopped by PID at the
+end, which must leave no process behind). Users come from the demo catalog: alice (bt-1001), bob
+(bt-1001 and bt-1002), carol (bt-2001, confidential).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from analysis_lib.catalog import Catalog
 
 from .deploy import Deployment
 from .hubclient import Kernel
+from .slurm import beamside_settings
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -37,21 +42,30 @@ GATEWAY_SCOPE = "access:services!service=dask-gateway"
 figures: dict = {}
 
 
-@pytest.fixture(scope="module")
-def dep():
-    folder = Path(tempfile.mkdtemp(dir="/tmp", prefix="beamside-hub-"))
+@pytest.fixture(scope="module", params=["embedded", "slurm"])
+def dep(request):
+    platform = request.param
+    settings = {"culler": {"enabled": False}}
+    if platform == "slurm":
+        settings.update(beamside_settings(request.getfixturevalue("slurm")))
+    folder = Path(tempfile.mkdtemp(dir="/tmp", prefix=f"beamside-hub-{platform}-"))
     os.chmod(folder, 0o755)  # user accounts pass through to their homes
-    deployment = Deployment(folder, {"culler": {"enabled": False}})
+    deployment = Deployment(folder, settings)
+    deployment.platform = platform
     t0 = time.perf_counter()
     deployment.start()
-    figures["beamside up to hub ready (s, incl. demo data)"] = round(time.perf_counter() - t0, 1)
+    figure(deployment, "beamside up to hub ready (s, incl. demo data)", round(time.perf_counter() - t0, 1))
     yield deployment
     deployment.stop()
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "hub-figures.json").write_text(json.dumps(figures, indent=1))
-    for name in ("jupyterhub.log",):
-        shutil.copy(folder / "state" / "logs" / name, ARTIFACTS / name)
+    shutil.copy(folder / "state" / "logs" / "jupyterhub.log", ARTIFACTS / f"jupyterhub-{platform}.log")
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def figure(dep, name: str, value) -> None:
+    """One measured figure of this run, per platform (test-artifacts/hub-figures.json)."""
+    figures.setdefault(dep.platform, {})[name] = value
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +78,7 @@ def path_of(catalog: Catalog, beamtime: str, rel: str = "raw/scan_0001.nxs") -> 
 
 
 def _kernel_of(dep, user):
-    figures[f"spawn to ready, {user} (s)"] = round(dep.hub.spawn(user), 2)
+    figure(dep, f"spawn to ready, {user} (s)", round(dep.hub.spawn(user), 2))
     kernel = Kernel(dep.url, user, dep.hub.token(user))
     yield kernel
     kernel.close()
@@ -143,7 +157,7 @@ print(repr(np.load("/tmp/mean.npy").sum()))
 """)
     lines = out.splitlines()
     assert lines[0] == "['bt-1001']"
-    figures["gateway cluster with 2 workers (s)"] = round(float(lines[1].split()[1]), 2)
+    figure(dep, "gateway cluster with 2 workers (s)", round(float(lines[1].split()[1]), 2))
     assert lines[2] == "workers-ready [(True, None)]"  # the gateway's workers got analysis_lib.contract.WORKER_ENV
     assert "the data stayed here" in out
     np.testing.assert_allclose(float(lines[-1].split("(")[-1].rstrip(")")), expected.sum(), rtol=1e-9)
@@ -375,7 +389,7 @@ def test_remote_script_with_a_gateway_scoped_token(dep, catalog, tmp_path):
          "-o", str(tmp_path / "mean.nxs")],
         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
     )
-    figures["remote script: connect + reduce + save (s)"] = round(time.perf_counter() - t0, 2)
+    figure(dep, "remote script: connect + reduce + save (s)", round(time.perf_counter() - t0, 2))
     assert run.returncode == 0, run.stderr
     assert token not in run.stdout + run.stderr
     read, received = (int(v.replace(",", "")) for v in re.search(r"bytes read on-site: ([\d,]+) / bytes received: ([\d,]+)", run.stdout).groups())
@@ -434,36 +448,120 @@ print(attached.name, detached.name)
         gw.stop_cluster(names[1])
 
 
-def test_hub_restart_keeps_user_servers(dep, alice):
-    before = ok(alice, "import os; print(os.getppid())")
-    old = dep.hub_pid
-    os.kill(old, signal.SIGTERM)
+def _hub_comes_back(dep, old: int) -> None:
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
             if dep.hub_pid != old and dep.hub.api("GET", "/").ok:
-                break
+                return
         except (requests.RequestException, ValueError, OSError):
             pass
         time.sleep(0.5)
-    else:
-        pytest.fail("the hub did not come back")
+    pytest.fail("the hub did not come back")
+
+
+def test_hub_restart_keeps_user_servers(dep, alice):
+    before = ok(alice, "import os; print(os.getppid())")
+    old = dep.hub_pid
+    os.kill(old, signal.SIGTERM)
+    _hub_comes_back(dep, old)
     assert ok(alice, "import os; print(os.getppid())") == before  # same server process, same kernel
     r = requests.get(f"{dep.url}/user/alice/api/status", headers={"Authorization": f"token {dep.hub.token('alice')}"}, timeout=30)
     assert r.status_code == 200
+
+
+def _gateways(dep) -> list[int]:
+    import psutil
+
+    found = []  # the servers (their proxy, a child, has the same environment)
+    for p in psutil.process_iter():
+        try:
+            env, argv = p.environ(), " ".join(p.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if (env.get("JUPYTERHUB_SERVICE_NAME") == "dask-gateway" and "dask-gateway-server" in argv
+                and env.get("JUPYTERHUB_API_URL") == dep.runtime["addresses"]["hub_api_url"]):
+            found.append(p.pid)
+    return found
+
+
+def test_a_hub_killed_outright_comes_back_with_one_working_gateway(dep, alice):
+    """SIGKILL (the OOM killer) leaves the hub's services running; the next hub's gateway would
+    fail on its ports and mark every cluster stopped. The supervisor ends them first."""
+    assert len(_gateways(dep)) == 1
+    old = dep.hub_pid
+    os.kill(old, signal.SIGKILL)
+    _hub_comes_back(dep, old)
+    deadline = time.time() + 60  # the hub's API answers a moment before it has started its services
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{dep.url}/services/dask-gateway/api/health", timeout=5).ok:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    res = outcome(alice, """
+import analysis_lib as al
+after_kill = al.cluster(workers=1); after_kill.wait_for_workers(1, timeout=180)
+res = {"sum": after_kill.submit(sum, [1, 2], pure=False).result()}
+after_kill.cluster.shutdown(); after_kill.close()
+""")
+    assert res == {"sum": 3}
+    assert len(_gateways(dep)) == 1
+
+
+def test_a_servers_token_cannot_rewrite_how_root_runs_it(dep):
+    """batchspawner's /hub/api/batchspawner sets any spawner attribute a server's token names;
+    exec_prefix and batch_cancel_cmd are shell commands root runs (squeue while it runs, scancel
+    on stop). From a fresh server (a restarted hub no longer matches older servers' tokens)."""
+    victim = Path(tempfile.mkdtemp(dir="/tmp", prefix="beamside-victim-"))  # root's, 0700: no user writes here
+    marker = victim / "root-ran-this"
+    dep.hub.spawn("carol")
+    kernel = Kernel(dep.url, "carol", dep.hub.token("carol"))
+    try:
+        res = outcome(kernel, f"""
+import os, requests
+url = os.environ["JUPYTERHUB_API_URL"] + "/batchspawner"
+auth = {{"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]}}
+touch = "touch {marker};"
+res = {{}}
+for name, body in (("rewrite", {{"exec_prefix": touch + " /usr/sbin/runuser -u {{username}} --",
+                                 "batch_cancel_cmd": touch, "batch_query_cmd": touch,
+                                 "cmd": ["/bin/sh", "-c", touch], "ip": "0.0.0.0"}}),
+                   ("port and more", {{"port": 2222, "exec_prefix": touch}}),
+                   ("port again", {{"port": 2222}})):
+    res[name] = requests.post(url, headers=auth, json=body, timeout=30).status_code
+""")
+        kernel.close()
+        dep.hub.stop("carol")  # on SLURM: scancel prefixed by exec_prefix, then squeue until the job is gone
+        assert not marker.exists(), "a user's request made root run a command"
+        if dep.platform == "embedded":
+            assert res == {"rewrite": 404, "port and more": 404, "port again": 404}, res  # no such route at all
+        else:
+            assert res == {"rewrite": 400, "port and more": 400, "port again": 409}, res
+    finally:
+        shutil.rmtree(victim, ignore_errors=True)
 
 
 def test_stopping_leaves_no_process_behind(dep):
     import psutil
 
     assert dep.stop() == 0
-    time.sleep(1)
     state = str(dep.folder / "state")
-    left = []
-    for p in psutil.process_iter(["pid", "username", "cmdline", "cwd"]):
-        try:
-            if state in " ".join(p.info["cmdline"] or []) or str(p.info["cwd"] or "").startswith(state):
-                left.append((p.pid, p.info["username"], " ".join(p.info["cmdline"] or [])[:100]))
-        except psutil.NoSuchProcess:
-            continue
-    assert left == []
+
+    def left() -> list:
+        found = []
+        for p in psutil.process_iter(["pid", "username", "cmdline", "cwd", "status"]):
+            try:
+                if p.info["status"] != psutil.STATUS_ZOMBIE and (
+                        state in " ".join(p.info["cmdline"] or []) or str(p.info["cwd"] or "").startswith(state)):
+                    found.append((p.pid, p.info["username"], " ".join(p.info["cmdline"] or [])[:100]))
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
+    # on SLURM, a cancelled job's processes get SIGTERM, then SIGKILL after KillWait (2 s here)
+    deadline = time.monotonic() + 15
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert left() == []

@@ -24,6 +24,7 @@ from analysis_lib.catalog import Catalog
 
 from .deploy import Deployment
 from .hubclient import Kernel
+from .slurm import beamside_settings
 from .test_hub import ok, outcome, path_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,13 +36,7 @@ figures: dict = {}
 def dep(slurm):
     folder = Path(tempfile.mkdtemp(dir="/tmp", prefix="beamside-slurm-hub-"))
     os.chmod(folder, 0o755)
-    deployment = Deployment(folder, {
-        "platform": "slurm",
-        "slurm": {"conf": str(slurm.conf), "poll_every": 0.5, "max_cores": 4, "walltime": "1:00:00",
-                  "max_walltime": "2:00:00"},
-        "culler": {"enabled": False},
-        "singleuser": {"access_check_every": 2},
-    })
+    deployment = Deployment(folder, {**beamside_settings(slurm), "culler": {"enabled": False}})
     t0 = time.perf_counter()
     deployment.start()
     figures["beamside up (slurm) to hub ready (s, incl. demo data)"] = round(time.perf_counter() - t0, 1)
@@ -56,7 +51,7 @@ def dep(slurm):
                30, "no process of the users' accounts after the stop")
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "slurm-hub-figures.json").write_text(json.dumps(figures, indent=1))
-    shutil.copy(folder / "state" / "logs" / "jupyterhub.log", ARTIFACTS / "jupyterhub-slurm.log")
+    shutil.copy(folder / "state" / "logs" / "jupyterhub.log", ARTIFACTS / "jupyterhub-slurm-lifecycle.log")
     for log in (folder / "state" / "homes").glob("*/.beamside-server.log"):  # what each server job printed
         shutil.copy(log, ARTIFACTS / f"slurm-server-{log.parent.name}.log")
     shutil.rmtree(folder, ignore_errors=True)
@@ -211,7 +206,7 @@ def test_a_detached_slurm_cluster_outlives_the_server_not_the_users_access(dep, 
     """A detached cluster's jobs outlive the user's server, until the user loses the beamtime its
     jobs mount (the gateway's reconcile loop cancels them). (Clusters tied to the session end with
     the server through UserServer, the same code on every platform.)"""
-    # a small server: the node's 8000M hold alice's server (4G), carol's and a scheduler (2 G)
+    # asking for memory explicitly (the deployment's default is 1G, tests.slurm.beamside_settings)
     figures["spawn to ready on SLURM, carol with 1G (s)"] = round(dep.hub.spawn("carol", memory="1G"), 2)
     kernel = Kernel(dep.url, "carol", dep.hub.token("carol"))
     try:
