@@ -215,11 +215,13 @@ class Supervisor:
         (self.state / "proxy.pid").write_text(str(self.proxy.pid))
 
     def start_relay(self) -> None:
-        """Users' namespaces reach the gateway's scheduler proxy on the internal address; it listens on
-        the public one (for scripts from outside), so the supervisor relays between the two."""
+        """Users' processes reach the gateway's scheduler proxy on the internal address (their own
+        namespace's route to the host, or the hub host's address on the cluster network for SLURM
+        jobs); it listens on the public one (for scripts from outside), so the supervisor relays."""
         hub, dask = self.runtime.settings.hub, self.runtime.settings.dask
-        if self.runtime.private_network and dask.enabled and hub.ip not in ("0.0.0.0", ""):
-            network.start_relay((network.INTERNAL_IP, dask.scheduler_port), (hub.ip, dask.scheduler_port))
+        internal = self.runtime.addresses.gateway_tcp.rsplit(":", 1)[0]
+        if dask.enabled and hub.ip not in ("0.0.0.0", "", internal):
+            network.start_relay((internal, dask.scheduler_port), (hub.ip, dask.scheduler_port))
 
     def start_hub(self) -> None:
         log = _open_log(self.state / "logs", "jupyterhub.log")

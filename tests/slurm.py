@@ -6,9 +6,15 @@ through ``SLURM_CONF`` (``SlurmCluster.env``), so a system-wide SLURM or munge i
 nor disturbed. The daemons run in the foreground as children of the test process, so stopping
 them is by PID and leaves nothing behind.
 
+The node is another host as far as the network goes: slurmd (and so every job) runs in a network
+namespace of its own, joined to the host by a veth pair — the host is ``HOST_IP``, the node
+``NODE_IP``. The hub reaches servers and schedulers on the node's address, and jobs reach the hub
+on the host's, as on a cluster whose nodes are separate machines; nothing of the host's loopback
+is visible to a job.
+
 SLURM 22.05 (Debian 12) has no bind-address option: slurmctld and slurmd listen on all
-addresses, on free ports picked here; the node's address is 127.0.0.1, and every message is
-authenticated with this run's own munge key.
+addresses, on free ports picked here, and every message is authenticated with this run's own
+munge key.
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ import pytest
 from .deploy import free_ports
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+# The node's own network (addresses of the tests' private link, nowhere else routed).
+HOST_IP, NODE_IP, PREFIX = "10.251.0.1", "10.251.0.2", 24
 DAEMONS = ("munged", "slurmctld", "slurmd")
 BINARIES = ("/usr/sbin/munged", "/usr/sbin/mungekey", "/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/sbatch")
 SLURM_CONF = """\
 # Generated for one test run by tests/slurm.py: nothing here is read by a system-wide SLURM.
 ClusterName=beamside-test
-SlurmctldHost={node}(127.0.0.1)
+SlurmctldHost={node}({host_ip})
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 SlurmUser=root
@@ -69,7 +77,7 @@ KillWait=2
 # More CPUs than the machine has, so three users' servers, schedulers and workers fit at once;
 # config_overrides keeps slurmd from draining the node for the difference.
 SlurmdParameters=config_overrides
-NodeName={node} NodeHostname={hostname} NodeAddr=127.0.0.1 CPUs=16 RealMemory=16000 State=UNKNOWN
+NodeName={node} NodeHostname={hostname} NodeAddr={node_ip} CPUs=16 RealMemory=16000 State=UNKNOWN
 PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -86,6 +94,7 @@ class SlurmCluster:
     node: str
     env: dict
     procs: dict = field(default_factory=dict)  # daemon name -> Popen
+    netns: str = ""  # the node's network namespace
 
     @property
     def conf(self) -> Path:
@@ -149,6 +158,9 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self.netns:
+            _remove_node_network(self.netns)
+            self.netns = ""
 
     def _job_ids(self) -> list[str]:
         done = self.run("squeue", "--noheader", "--format", "%i", check=False)
@@ -184,17 +196,53 @@ def start_slurm(folder: Path | None = None, timeout: float = 60) -> SlurmCluster
     (folder / "plugstack.conf").write_text("")
     (folder / "slurm.conf").write_text(SLURM_CONF.format(
         folder=folder, node=node, hostname=hostname, ctld_port=ctld_port, slurmd_port=slurmd_port,
-        munge_socket=munge / "munge.socket"))
+        munge_socket=munge / "munge.socket", host_ip=HOST_IP, node_ip=NODE_IP))
     cluster = SlurmCluster(folder, node, env={**_client_env(), "SLURM_CONF": str(folder / "slurm.conf")})
     try:
+        cluster.netns = _node_network()
         _start_munged(cluster, munge)
         cluster.procs["slurmctld"] = _daemon(cluster, "slurmctld", ["/usr/sbin/slurmctld", "-D", "-i"])
-        cluster.procs["slurmd"] = _daemon(cluster, "slurmd", ["/usr/sbin/slurmd", "-D", "-N", node])
+        # nsenter, not `ip netns exec`: that remounts /sys, without the cgroup file system slurmd needs
+        cluster.procs["slurmd"] = _daemon(cluster, "slurmd", ["nsenter", f"--net=/run/netns/{cluster.netns}",
+                                                              "/usr/sbin/slurmd", "-D", "-N", node])
         _wait_idle(cluster, timeout)
     except BaseException:
         cluster.stop()
         raise
     return cluster
+
+
+_NETNS_PREFIX = "bs-slurm-node-"
+
+
+def _node_network() -> str:
+    """A network namespace for the node, its veth end ``NODE_IP``, the host's ``HOST_IP``.
+
+    A namespace left by a run that was killed is removed first (its pid is in the name), as it
+    would hold the same addresses."""
+    for name in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n"):
+        name = name.split(" ")[0]
+        if name.startswith(_NETNS_PREFIX) and not os.path.exists(f"/proc/{name[len(_NETNS_PREFIX):]}"):
+            _remove_node_network(name)
+    netns = f"{_NETNS_PREFIX}{os.getpid()}"
+    host_end, node_end = f"bsh{os.getpid() % 100000}", f"bsn{os.getpid() % 100000}"
+    for argv in (["ip", "netns", "add", netns],
+                 ["ip", "link", "add", host_end, "type", "veth", "peer", "name", node_end],
+                 ["ip", "link", "set", node_end, "netns", netns],
+                 ["ip", "addr", "add", f"{HOST_IP}/{PREFIX}", "dev", host_end],
+                 ["ip", "link", "set", host_end, "up"],
+                 ["ip", "-n", netns, "addr", "add", f"{NODE_IP}/{PREFIX}", "dev", node_end],
+                 ["ip", "-n", netns, "link", "set", node_end, "up"],
+                 ["ip", "-n", netns, "link", "set", "lo", "up"]):
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode != 0:
+            _remove_node_network(netns)
+            raise SlurmNotReady(f"the node's network: {' '.join(argv)} failed: {done.stderr.strip()}")
+    return netns
+
+
+def _remove_node_network(netns: str) -> None:
+    subprocess.run(["ip", "netns", "delete", netns], capture_output=True)  # takes both veth ends with it
 
 
 def _client_env() -> dict:
@@ -260,6 +308,7 @@ def _tail(path: Path, lines: int = 20) -> str:
 def beamside_settings(cluster: SlurmCluster) -> dict:
     """The settings of a `beamside up` whose servers and clusters are jobs of ``cluster``.
 
+    Jobs reach the hub on the host's address and listen on the node's (each is a host of its own).
     Servers ask for 1G (not the 4G default), so three users' servers and their Dask jobs fit on
     the one node; the hub polls the queue every half second and checks access every 2 s, so
     tests see a job's or a grant's change quickly.
@@ -267,7 +316,7 @@ def beamside_settings(cluster: SlurmCluster) -> dict:
     return {
         "platform": "slurm",
         "slurm": {"conf": str(cluster.conf), "poll_every": 0.5, "memory": "1G", "max_cores": 4,
-                  "walltime": "1:00:00", "max_walltime": "2:00:00"},
+                  "walltime": "1:00:00", "max_walltime": "2:00:00", "hub_ip": HOST_IP, "server_ip": NODE_IP},
         "singleuser": {"access_check_every": 2},
     }
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ from analysis_lib.catalog import Catalog
 
 from .deploy import Deployment
 from .hubclient import Kernel
-from .slurm import beamside_settings
+from .slurm import NODE_IP, beamside_settings
 from .test_hub import ok, outcome, path_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,16 +105,26 @@ res["own"] = ds[next(iter(ds.data_vars))].shape[0]
     assert res["job"] == jobs[0]["id"]
     assert res["listdir"] == ["bt-1001"] and res["bob"] == "FileNotFoundError" and res["own"] > 0
     assert res["cap_eff"] == "0000000000000000" and res["homes"] == ["alice"]
-    listening = [c for c in psutil.net_connections("tcp") if c.status == "LISTEN"
-                 and c.pid and psutil.Process(c.pid).username() == "bs-alice"]
-    assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening), listening
+    listening = listening_of(dep, "bs-alice")
+    # the server on the node's address, never 0.0.0.0; on the node's loopback only ipykernel's pipe
+    # for output from forked subprocesses (messages without its random 16-byte key are dropped)
+    assert NODE_IP in listening and set(listening) <= {NODE_IP, "127.0.0.1"}, listening
 
 
-def listening_of(account: str) -> list:
-    import psutil
-
-    return [c for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.pid
-            and psutil.Process(c.pid).username() == account]
+def listening_of(dep, account: str) -> list[str]:
+    """The addresses ``account``'s processes listen on (TCP) on the node, which is a network of its own."""
+    out = subprocess.run(["ip", "netns", "exec", dep.slurm.netns, "ss", "-Hltnp"], capture_output=True, text=True,
+                         check=True).stdout
+    found = []
+    for line in out.splitlines():
+        fields = line.split()
+        pids = [int(p) for p in re.findall(r"pid=(\d+)", line)]
+        try:
+            if any(psutil.Process(p).username() == account for p in pids):
+                found.append(fields[3].rsplit(":", 1)[0])
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 # -- Dask clusters as SLURM jobs of the user's account -------------------------------------------
@@ -158,8 +170,8 @@ res["sum"] = float(al.ops.mean_frame(al.open("bt-1001/raw/scan_0001.nxs")).compu
         assert res["ready"] == [[True, None]], res  # analysis_lib.contract.WORKER_ENV reached the worker job
         assert res["bob"] == "FileNotFoundError" and res["own"] == "READ" and res["listdir"] == ["bt-1001"]
         np.testing.assert_allclose(res["sum"], expected.sum(), rtol=1e-9)
-        listening = listening_of("bs-alice")
-        assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening), listening
+        listening = listening_of(dep, "bs-alice")  # the server, the scheduler and the worker (and the kernel's pipe)
+        assert listening.count(NODE_IP) >= 3 and set(listening) <= {NODE_IP, "127.0.0.1"}, listening
     finally:
         t0 = time.perf_counter()
         ok(alice, "dask_client.cluster.shutdown(); dask_client.close()")
