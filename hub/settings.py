@@ -205,8 +205,9 @@ class Slurm:
     # The address of the hub's host that jobs on the nodes reach (the hub's API, the gateway);
     # 127.0.0.1 when the hub runs on the cluster's only node.
     hub_ip: str = "127.0.0.1"
-    # Where a server listens on its node: loopback when the hub is on that node, else the node's
-    # address on the cluster network (never 0.0.0.0).
+    # Where servers and Dask processes listen on their node: loopback when the hub is on that
+    # node, "node" for each job's node's own address as SLURM has it (NodeAddr: a cluster of
+    # several nodes), or one fixed address (a one-node cluster). Never 0.0.0.0 unless set so.
     server_ip: str = "127.0.0.1"
     conf: str | None = None  # SLURM_CONF for sbatch, squeue and scancel; None: SLURM's own default
     bin_dir: str = "/usr/bin"  # where sbatch, squeue, scontrol and scancel are
@@ -214,8 +215,18 @@ class Slurm:
 
 
     def check(self) -> None:
+        import ipaddress
+
         from dask.utils import parse_bytes
 
+        for key in ("hub_ip", "server_ip"):
+            value = getattr(self, key)
+            if not (key == "server_ip" and value == "node"):
+                try:
+                    ipaddress.ip_address(value)
+                except ValueError:
+                    also = ' or "node" (each job\'s node\'s address)' if key == "server_ip" else ""
+                    raise ValueError(f"slurm.{key}: {value!r} is not an IP address{also}") from None
         for key in ("walltime", "max_walltime"):
             try:
                 walltime(getattr(self, key))

@@ -5,8 +5,9 @@ module keeps what beamside adds on every platform (:class:`~beamside_hub.spawner
 the account, the home, the beamtimes and their revocation, attached Dask
 clusters) and fixes what batchspawner 1.3 gets wrong for a facility:
 
-- the server listens where the admin says (``slurm.server_ip``), never on the
-  ``0.0.0.0`` that batchspawner's ``start()`` resets ``ip`` to (``self.ip =
+- the server listens where the admin says (``slurm.server_ip``: an address, or
+  ``node`` for each job's node's own, :mod:`beamside_hub.slurm_node`), never on
+  the ``0.0.0.0`` that batchspawner's ``start()`` resets ``ip`` to (``self.ip =
   self.traits()["ip"].default_value``);
 - a job that ends before its server answers ends the spawn with the job's
   state and reason, instead of waiting for a port forever (batchspawner #253;
@@ -45,6 +46,7 @@ from tornado import web
 from traitlets import Dict, Float, Unicode, default
 
 from .settings import walltime
+from .slurm_node import NODE, node_address, node_ip_line
 from .spawner import UserServer
 
 # squeue's long states: a job that is none of these is gone (or never was)
@@ -101,7 +103,9 @@ BATCH_SCRIPT = """#!/bin/bash
 {% endif %}{% if account %}#SBATCH --account={{account}}
 {% endif %}
 echo "beamside: server job $SLURM_JOB_ID on $(hostname) for {{username}}"
-exec {{cmd}}
+{% if node_ip_line %}{{node_ip_line}}
+export JUPYTERHUB_SERVICE_URL="http://$node_ip:0/${JUPYTERHUB_SERVICE_URL#http://*/}"
+{% endif %}exec {{cmd}}
 """
 
 
@@ -110,7 +114,7 @@ class BeamsideSlurmSpawner(UserServer, SlurmSpawner):
 
     batch_script = Unicode(BATCH_SCRIPT, config=True)
     # batchspawner's start() resets ip to this default: loopback, never 0.0.0.0 (see the module's docstring)
-    ip = Unicode("127.0.0.1", config=True, help="Where the server listens on its node (slurm.server_ip).")
+    ip = Unicode("127.0.0.1", config=True, help="Where the server listens on its node (slurm.server_ip; 'node': its NodeAddr).")
     exec_prefix = Unicode("/usr/sbin/runuser -u {username} --", config=True)
     req_srun = Unicode("", config=True)  # the server is the batch step itself: one process tree, one sandbox
     batch_submit_cmd = Unicode("{bin}/sbatch --parsable", config=True)
@@ -176,7 +180,19 @@ class BeamsideSlurmSpawner(UserServer, SlurmSpawner):
 
     # -- the job ---------------------------------------------------------------------------
     def get_req_subvars(self):
-        return {**super().get_req_subvars(), "bin": self.slurm_bin_dir}
+        line = node_ip_line(f"{self.slurm_bin_dir}/scontrol") if self.ip == NODE else ""
+        return {**super().get_req_subvars(), "bin": self.slurm_bin_dir, "node_ip_line": line}
+
+    async def listen_address(self) -> str:
+        """Where the server listens: ``slurm.server_ip``, or with ``node`` its node's NodeAddr."""
+        if self.ip != NODE:
+            return self.ip
+        host = self.state_gethost()
+        record = await self.run_command(f"{self.slurm_bin_dir}/scontrol show node {shlex.quote(host)} --oneliner")
+        address = node_address(record)
+        if not address:
+            raise SpawnFailed(500, f"SLURM has no address for node {host!r} of server job {self.job_id}")
+        return address
 
     def get_env(self):
         env = super().get_env()
@@ -253,8 +269,9 @@ class BeamsideSlurmSpawner(UserServer, SlurmSpawner):
             await asyncio.sleep(self.startup_poll_interval)
         self.last_end = ""  # told on this start's progress page; a fresh start has nothing to tell
         self.db.commit()
-        self.log.info("server job %s of %s listening on %s:%s", self.job_id, self.user.name, self.ip, self.port)
-        return self.ip, self.port
+        ip = await self.listen_address()
+        self.log.info("server job %s of %s listening on %s:%s", self.job_id, self.user.name, ip, self.port)
+        return ip, self.port
 
     async def poll(self):
         """As batchspawner's, but an unknown state keeps the server, and why a job ended is kept."""

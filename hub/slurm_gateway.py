@@ -37,13 +37,15 @@ from dask_gateway_server.backends.jobqueue.slurm import SlurmBackend
 from traitlets import Dict, Unicode
 
 from .gateway import _WORK, BeamsideClusters
+from .slurm_node import NODE, node_ip_line
 
 
 class BeamsideSlurmBackend(BeamsideClusters, SlurmBackend):
     """SlurmBackend + beamside accounts, sandboxes and per-user limits: processes as SLURM jobs."""
 
     # upstream's is a class attribute, "0.0.0.0": every scheduler and worker port on every address
-    default_host = Unicode("127.0.0.1", config=True, help="Where schedulers and workers listen on their node (slurm.server_ip).")
+    default_host = Unicode("127.0.0.1", config=True,
+                           help="Where schedulers and workers listen on their node (slurm.server_ip; 'node': its NodeAddr).")
     clusters_directory = Unicode(config=True, help="Root's folder of cluster folders, seen at the same path on every node.")
     slurm_env = Dict(config=True, help="Environment for SLURM's commands (SLURM_CONF).")
     runuser = Unicode("/usr/sbin/runuser", config=True, help="Runs sbatch and scancel as the user's account.")
@@ -75,10 +77,23 @@ class BeamsideSlurmBackend(BeamsideClusters, SlurmBackend):
         return self.default_host
 
     def get_scheduler_command(self, cluster):
-        return ["exec", *map(shlex.quote, super().get_scheduler_command(cluster))]
+        return self._on_the_node(super().get_scheduler_command(cluster))
 
     def get_worker_command(self, cluster, worker_name, scheduler_address=None):
-        return ["exec", *map(shlex.quote, super().get_worker_command(cluster, worker_name, scheduler_address))]
+        return self._on_the_node(super().get_worker_command(cluster, worker_name, scheduler_address))
+
+    def _on_the_node(self, argv: list[str]) -> list[str]:
+        """The job's shell line: ``exec`` the sandboxed command; with ``slurm.server_ip: node`` its
+        listeners (``--host node``, ``node:0``) on the node's NodeAddr, looked up on the node."""
+        argv = [shlex.quote(a) for a in argv]
+        if self.default_host != NODE:
+            return ["exec", *argv]
+        here = '"$node_ip"'
+        argv = [here if a == NODE else here + a[len(NODE):] if a.startswith(NODE + ":") else a for a in argv]
+        return [node_ip_line(os.path.join(os.path.dirname(self.status_command), "scontrol")), "exec", *argv]
+
+    def get_env(self, cluster):
+        return {**super().get_env(cluster), **self.slurm_env}  # scontrol in the job finds this SLURM
 
     def get_status_cmd_env(self, job_ids):
         cmd, env = super().get_status_cmd_env(job_ids)

@@ -308,7 +308,8 @@ def _tail(path: Path, lines: int = 20) -> str:
 def beamside_settings(cluster: SlurmCluster) -> dict:
     """The settings of a `beamside up` whose servers and clusters are jobs of ``cluster``.
 
-    Jobs reach the hub on the host's address and listen on the node's (each is a host of its own).
+    Jobs reach the hub on the host's address and listen on their node's, which they and the hub
+    look up in SLURM (``server_ip: node``, as on a cluster of many nodes).
     Servers ask for 1G (not the 4G default), so three users' servers and their Dask jobs fit on
     the one node; the hub polls the queue every half second and checks access every 2 s, so
     tests see a job's or a grant's change quickly.
@@ -316,7 +317,7 @@ def beamside_settings(cluster: SlurmCluster) -> dict:
     return {
         "platform": "slurm",
         "slurm": {"conf": str(cluster.conf), "poll_every": 0.5, "memory": "1G", "max_cores": 4,
-                  "walltime": "1:00:00", "max_walltime": "2:00:00", "hub_ip": HOST_IP, "server_ip": NODE_IP},
+                  "walltime": "1:00:00", "max_walltime": "2:00:00", "hub_ip": HOST_IP, "server_ip": "node"},
         "singleuser": {"access_check_every": 2},
     }
 

@@ -66,6 +66,8 @@ def test_defaults_are_filled_in_once(tmp_path):
     ("platform: slurm\nslurm: {cores: 16, max_cores: 8}\n", "must lie within slurm.max_cores"),
     ("platform: slurm\nslurm: {max_memory: lots}\n", "slurm.max_memory: 'lots' is not a size"),
     ("platform: slurm\nsingleuser: {isolation: none}\n", "singleuser.isolation: none cannot apply"),
+    ("platform: slurm\nslurm: {server_ip: node1}\n", "slurm.server_ip: 'node1' is not an IP address or \"node\""),
+    ("platform: slurm\nslurm: {hub_ip: node}\n", "slurm.hub_ip: 'node' is not an IP address"),
 ])
 def test_slurm_settings_are_checked_where_the_admin_wrote_them(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
@@ -74,5 +76,6 @@ def test_slurm_settings_are_checked_where_the_admin_wrote_them(tmp_path, text, m
 
 def test_slurm_settings_load_with_their_defaults(tmp_path):
     s = settings.load(write(tmp_path, "platform: slurm\nslurm: {partition: debug, max_walltime: '1-00:00:00'}\n"))
+    assert settings.load(write(tmp_path, "platform: slurm\nslurm: {server_ip: node}\n")).slurm.server_ip == "node"
     assert s.platform == "slurm" and s.slurm.partition == "debug" and s.slurm.server_ip == "127.0.0.1"
     assert settings.walltime(s.slurm.max_walltime) == 86400 and settings.walltime("8:00:00") == 28800
