@@ -380,3 +380,32 @@ def test_walltime_expiry_is_told_at_the_next_start(dep):
     wait_until(lambda: (server_of(dep, "bob") or {}).get("ready"), 120, "bob's next server")
     dep.hub.stop("bob")
 
+
+
+# -- the idle culler, unchanged on this platform ----------------------------------------------------
+CULL_TIMEOUT, CULL_EVERY = 20, 5
+
+
+def test_the_idle_culler_ends_an_idle_server_job(slurm):
+    """A deployment of its own with the culler at 20 s (the module's keeps it off, its servers idle
+    between tests): bob's server job, idle once spawned, is cancelled by the culler, job and all."""
+    folder = Path(tempfile.mkdtemp(dir="/tmp", prefix="beamside-slurm-cull-"))
+    os.chmod(folder, 0o755)
+    deployment = Deployment(folder, {**beamside_settings(slurm), "dask": {"enabled": False},
+                                     "culler": {"enabled": True, "timeout": CULL_TIMEOUT, "every": CULL_EVERY}})
+    deployment.start()
+    try:
+        deployment.hub.spawn("bob")
+        job = jobs_of(slurm, "bs-bob")
+        assert [j["state"] for j in job] == ["RUNNING"], job
+        t0 = time.perf_counter()
+        wait_until(lambda: not deployment.hub.api("GET", "/users/bob").json()["servers"], 120,
+                   f"the culler ending bob's idle server (timeout {CULL_TIMEOUT} s, every {CULL_EVERY} s)")
+        figures["idle server job culled after (s, from ready)"] = round(time.perf_counter() - t0, 1)
+        wait_until(lambda: not jobs_of(slurm, "bs-bob"), 30, "bob's culled server job gone from the queue")
+        assert "Culling server bob" in deployment.hub_log()
+    finally:
+        assert deployment.stop() == 0
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copy(folder / "state" / "logs" / "jupyterhub.log", ARTIFACTS / "jupyterhub-slurm-culler.log")
+        shutil.rmtree(folder, ignore_errors=True)
