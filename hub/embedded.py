@@ -22,7 +22,7 @@ from pathlib import Path
 import analysis_lib
 
 from . import auth, network, sandbox
-from .platform import platform_named
+from .platform import platform_named, stopping_marker
 from .runtime import Paths, Runtime
 from .settings import Settings
 
@@ -276,6 +276,7 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        Path(stopping_marker(self.runtime.paths)).unlink(missing_ok=True)  # a start after a stop
         self.start_proxy()
         self.start_relay()
         self.start_hub()
@@ -313,6 +314,8 @@ class Supervisor:
                 time.sleep(0.5)
         except Exception as exc:
             _say(f"could not stop user servers through the hub ({exc}); killing what is left")
+        # the gateway stops its clusters only when beamside stops, not on a hub restart
+        Path(stopping_marker(self.runtime.paths)).touch()
         if self.hub and self.hub.poll() is None:
             self.hub.terminate()
             try:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.local import LocalBackend, wait_is_shutdown
-from traitlets import Float, Integer
+from traitlets import Float, Integer, Unicode
 
 from analysis_lib import Policy
 from analysis_lib.contract import USER_ENV, WORKER_ENV
@@ -53,6 +53,7 @@ class BeamsideClusters(sandbox.Sandboxed):
     max_clusters_per_user = Integer(2, config=True, help="How many clusters one user may run at once.")
     max_cluster_age = Float(0, config=True, help="Seconds after which a cluster is stopped even if busy (0: never).")
     reconcile_period = Float(30, config=True, help="Seconds between checks of running clusters against the catalog.")
+    stopping_marker = Unicode("", config=True, help="The file beamside's supervisor makes when beamside itself stops.")
 
     def _account(self, username):
         return ensure_account(username, str(self.home_of(username)))
@@ -161,6 +162,15 @@ class BeamsideClusters(sandbox.Sandboxed):
     async def setup(self, app):
         await super().setup(app)
         self.task_pool.spawn(self._reconcile_loop())
+
+    async def cleanup(self):
+        """dask-gateway stops every cluster when it stops (``stop_clusters_on_shutdown``), and the
+        gateway, a service of the hub, stops with every hub restart: users' computations would end
+        with an admin's restart or a hub crash. Only when beamside itself stops (the supervisor's
+        marker) do clusters stop with it; otherwise the next gateway finds them in its database and
+        carries on (as the hub does with servers)."""
+        self.stop_clusters_on_shutdown = not self.stopping_marker or os.path.exists(self.stopping_marker)
+        await super().cleanup()
 
     async def _reconcile_loop(self):
         while True:

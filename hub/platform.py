@@ -152,6 +152,7 @@ class LocalPlatform(Platform):
         b.max_cluster_age = dask.max_age
         b.reconcile_period = s.singleuser.access_check_every
         b.db_url = f"sqlite:///{paths.gateway_dir}/db/gateway.sqlite"
+        b.stopping_marker = stopping_marker(paths)
         b.db_encrypt_keys = [runtime.secrets["gateway_db_key"]]
         return [os.path.join(venv_bin, "dask")], {"PATH": f"{venv_bin}:/usr/bin:/bin", "PYTHONNOUSERSITE": "1"}
 
@@ -166,6 +167,12 @@ class LocalPlatform(Platform):
         section.software_paths = list(paths.software)
         section.audit_socket = paths.audit_socket if runtime.settings.audit.enabled else ""
         section.private_network = runtime.private_network
+
+
+def stopping_marker(paths) -> str:
+    """The file whose presence tells the gateway that beamside itself is stopping (so must its
+    clusters), not just the hub restarting (:meth:`beamside_hub.gateway.BeamsideClusters.cleanup`)."""
+    return os.path.join(paths.gateway_dir, "db", "stopping")
 
 
 class SlurmPlatform(LocalPlatform):

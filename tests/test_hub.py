@@ -460,14 +460,50 @@ def _hub_comes_back(dep, old: int) -> None:
     pytest.fail("the hub did not come back")
 
 
-def test_hub_restart_keeps_user_servers(dep, alice):
+def _gateway_answers(dep) -> None:
+    deadline = time.time() + 60  # the hub's API answers a moment before it has started its services
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{dep.url}/services/dask-gateway/api/health", timeout=5).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    pytest.fail("the gateway did not come back with the hub")
+
+
+def _start_kept_cluster(alice) -> str:
+    return ok(alice, """
+import analysis_lib as al
+kept = al.cluster(workers=1); kept.wait_for_workers(1, timeout=180)
+print(kept.cluster.name)
+""").strip()
+
+
+def _kept_cluster_computes(alice, name: str) -> None:
+    """The cluster started before the hub went down is still there and computes (a new client: the
+    old one's connection went through the gateway's proxy, which restarted with the gateway)."""
+    res = outcome(alice, f"""
+from dask_gateway import Gateway
+gw = Gateway()
+again = gw.connect({name!r}).get_client()
+res = {{"sum": again.submit(sum, [1, 2], pure=False).result(timeout=120), "listed": [c.name for c in gw.list_clusters()]}}
+again.cluster.shutdown(); again.close()
+""")
+    assert res["sum"] == 3 and name in res["listed"], res
+
+
+def test_hub_restart_keeps_user_servers_and_their_clusters(dep, alice):
     before = ok(alice, "import os; print(os.getppid())")
+    name = _start_kept_cluster(alice)
     old = dep.hub_pid
     os.kill(old, signal.SIGTERM)
     _hub_comes_back(dep, old)
     assert ok(alice, "import os; print(os.getppid())") == before  # same server process, same kernel
     r = requests.get(f"{dep.url}/user/alice/api/status", headers={"Authorization": f"token {dep.hub.token('alice')}"}, timeout=30)
     assert r.status_code == 200
+    _gateway_answers(dep)
+    _kept_cluster_computes(alice, name)
 
 
 def _gateways(dep) -> list[int]:
@@ -487,19 +523,15 @@ def _gateways(dep) -> list[int]:
 
 def test_a_hub_killed_outright_comes_back_with_one_working_gateway(dep, alice):
     """SIGKILL (the OOM killer) leaves the hub's services running; the next hub's gateway would
-    fail on its ports and mark every cluster stopped. The supervisor ends them first."""
+    fail on its ports and mark every cluster stopped. The supervisor ends them first, and the
+    clusters they ran carry on under the next gateway."""
     assert len(_gateways(dep)) == 1
+    name = _start_kept_cluster(alice)
     old = dep.hub_pid
     os.kill(old, signal.SIGKILL)
     _hub_comes_back(dep, old)
-    deadline = time.time() + 60  # the hub's API answers a moment before it has started its services
-    while time.time() < deadline:
-        try:
-            if requests.get(f"{dep.url}/services/dask-gateway/api/health", timeout=5).ok:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
+    _gateway_answers(dep)
+    _kept_cluster_computes(alice, name)
     res = outcome(alice, """
 import analysis_lib as al
 after_kill = al.cluster(workers=1); after_kill.wait_for_workers(1, timeout=180)
@@ -543,9 +575,16 @@ for name, body in (("rewrite", {{"exec_prefix": touch + " /usr/sbin/runuser -u {
         shutil.rmtree(victim, ignore_errors=True)
 
 
-def test_stopping_leaves_no_process_behind(dep):
+def test_stopping_leaves_no_process_behind(dep, alice):
+    """Last: beamside stops everything, a detached cluster too (a hub restart keeps clusters; a stop does not)."""
     import psutil
 
+    ok(alice, """
+from dask_gateway import Gateway
+gw = Gateway(); opts = gw.cluster_options(); opts.detached = True
+left_running = gw.new_cluster(opts, shutdown_on_close=False); left_running.scale(1)
+left_running.get_client().wait_for_workers(1, timeout=180)
+""")
     assert dep.stop() == 0
     state = str(dep.folder / "state")
 
