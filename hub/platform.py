@@ -202,8 +202,9 @@ class SlurmPlatform(LocalPlatform):
         sp.slurm_bin_dir = slurm.bin_dir
         sp.slurm_env = {"SLURM_CONF": slurm.conf} if slurm.conf else {}
         sp.startup_poll_interval = slurm.poll_every
-        sp.defaults = {"cores": slurm.cores, "memory": slurm.memory, "walltime": slurm.walltime}
-        sp.limits = {"cores": slurm.max_cores, "memory": slurm.max_memory, "walltime": slurm.max_walltime}
+        sp.defaults = {"cores": slurm.cores, "memory": slurm.memory, "walltime": slurm.walltime, "partition": slurm.partition}
+        sp.limits = {"cores": slurm.max_cores, "memory": slurm.max_memory, "walltime": slurm.max_walltime,
+                     "partitions": [slurm.partition, *(p for p in slurm.partitions if p != slurm.partition)]}
         # (importing the spawner class registers batchspawner's API handler, /hub/api/batchspawner,
         # where each job's server reports the port it picked on its node)
 

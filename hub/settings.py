@@ -194,7 +194,8 @@ class Slurm:
     the user picks in the spawn form, within the ``max_`` limits (the admin's), starting at the defaults.
     """
 
-    partition: str = ""  # empty: the cluster's default partition
+    partition: str = ""  # a server's partition unless the user picks another; empty: the cluster's default
+    partitions: list = field(default_factory=list)  # the others a user may pick in the spawn form
     account: str = ""  # the SLURM account jobs are charged to; empty: the user's default
     cores: int = 1
     memory: str = "4G"
@@ -227,6 +228,8 @@ class Slurm:
                 except ValueError:
                     also = ' or "node" (each job\'s node\'s address)' if key == "server_ip" else ""
                     raise ValueError(f"slurm.{key}: {value!r} is not an IP address{also}") from None
+        if not all(isinstance(p, str) and p.strip() for p in self.partitions):
+            raise ValueError(f"slurm.partitions: {self.partitions!r} is not a list of partition names")
         for key in ("walltime", "max_walltime"):
             try:
                 walltime(getattr(self, key))

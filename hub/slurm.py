@@ -34,6 +34,7 @@ data root): on a cluster, shared file systems.
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 import shlex
 
@@ -64,6 +65,7 @@ ENDED_WHY = {  # what an ended job's state means for the user
     "COMPLETED": "the server exited",
 }
 GONE = re.compile(r"Invalid job id specified")
+OPTIONS = ("partition", "cores", "memory", "walltime")  # what a user may ask for (spawn form, REST)
 
 
 class SpawnFailed(web.HTTPError):
@@ -122,8 +124,9 @@ class BeamsideSlurmSpawner(UserServer, SlurmSpawner):
     batch_cancel_cmd = Unicode("{bin}/scancel {job_id}", config=True)
     slurm_bin_dir = Unicode("/usr/bin", config=True, help="Where sbatch, squeue and scancel are (slurm.bin_dir).")
     slurm_env = Dict(config=True, help="Environment for SLURM's commands (SLURM_CONF), also given to the server.")
-    limits = Dict(config=True, help="The most a user may ask for: cores, memory, walltime (the slurm.max_ settings).")
-    defaults = Dict(config=True, help="What a server gets unless the user asks otherwise: cores, memory, walltime.")
+    limits = Dict(config=True, help="The most a user may ask for: cores, memory, walltime (the slurm.max_ settings), "
+                                    "and the partitions offered (slurm.partition, then slurm.partitions).")
+    defaults = Dict(config=True, help="What a server gets unless the user asks otherwise: partition, cores, memory, walltime.")
     startup_poll_interval = Float(2.0, config=True)
     last_end = ""  # why the user's last server ended, told at the next start
 
@@ -140,7 +143,13 @@ class BeamsideSlurmSpawner(UserServer, SlurmSpawner):
     @default("options_form")
     def _form(self):
         d, m = self.defaults, self.limits
-        return (
+        partitions = m.get("partitions") or [""]
+        choose = "" if len(partitions) < 2 else (
+            '<label for="partition">Partition</label><select class="form-control" name="partition" id="partition">'
+            + "".join(f'<option value="{html.escape(p)}"{" selected" if p == d.get("partition", "") else ""}>'
+                      f'{html.escape(p or "default")}</option>' for p in partitions)
+            + "</select>")
+        return choose + (
             f'<label for="cores">Cores (1–{m["cores"]})</label>'
             f'<input class="form-control" type="number" name="cores" id="cores" min="1" max="{m["cores"]}" value="{d["cores"]}">'
             f'<label for="memory">Memory (up to {m["memory"]})</label>'
@@ -150,7 +159,7 @@ class BeamsideSlurmSpawner(UserServer, SlurmSpawner):
         )
 
     def options_from_form(self, formdata):
-        return {key: formdata[key][0] for key in ("cores", "memory", "walltime") if formdata.get(key, [""])[0]}
+        return {key: formdata[key][0] for key in OPTIONS if key in formdata and (formdata[key][0] or key == "partition")}
 
     @default("apply_user_options")
     def _apply_options_hook(self):
@@ -158,10 +167,14 @@ class BeamsideSlurmSpawner(UserServer, SlurmSpawner):
 
     def job_request(self) -> dict:
         """The cores, memory and time of the next job: the user's options within the admin's limits."""
-        options = {**self.defaults, **(self.user_options or {})}
-        unknown = set(options) - {"cores", "memory", "walltime"}
+        options = {"partition": "", **self.defaults, **(self.user_options or {})}
+        unknown = set(options) - set(OPTIONS)
         if unknown:
-            raise SpawnRefused(f"unknown server options {', '.join(sorted(unknown))}; known: cores, memory, walltime")
+            raise SpawnRefused(f"unknown server options {', '.join(sorted(unknown))}; known: {', '.join(OPTIONS)}")
+        partitions = self.limits.get("partitions") or [""]
+        if options["partition"] not in partitions:
+            offered = ", ".join(p or "the default" for p in partitions)
+            raise SpawnRefused(f"partition {options['partition']!r} is not one this hub offers ({offered})")
         try:
             cores = int(options["cores"])
             memory = parse_bytes(str(options["memory"]))
@@ -176,7 +189,8 @@ class BeamsideSlurmSpawner(UserServer, SlurmSpawner):
         if not 0 < seconds <= walltime_seconds(limits["walltime"]):
             raise SpawnRefused(f"time {options['walltime']} asked for; this hub allows up to {limits['walltime']} per server")
         minutes = max(1, -(-seconds // 60))  # sbatch counts whole minutes
-        return {"nprocs": str(cores), "memory": f"{max(1, memory // 2**20)}M", "runtime": str(minutes)}
+        return {"nprocs": str(cores), "memory": f"{max(1, memory // 2**20)}M", "runtime": str(minutes),
+                "partition": options["partition"]}
 
     # -- the job ---------------------------------------------------------------------------
     def get_req_subvars(self):
@@ -365,6 +379,7 @@ def _apply_job_request(spawner: BeamsideSlurmSpawner, user_options: dict) -> Non
         spawner.db.commit()
         raise
     spawner.req_nprocs, spawner.req_memory, spawner.req_runtime = request["nprocs"], request["memory"], request["runtime"]
+    spawner.req_partition = request["partition"]
 
 
 _REASONS = {  # squeue's reasons, as a user reads them

@@ -79,6 +79,7 @@ KillWait=2
 SlurmdParameters=config_overrides
 NodeName={node} NodeHostname={hostname} NodeAddr={node_ip} CPUs=16 RealMemory=16000 State=UNKNOWN
 PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
+PartitionName=long Nodes={node} MaxTime=INFINITE State=UP
 """
 
 
@@ -138,7 +139,14 @@ class SlurmCluster:
             time.sleep(0.2)
 
     def node_state(self) -> str:
-        return self.run("sinfo", "--noheader", "--Node", "--nodes", self.node, "--format", "%T", check=False).stdout.strip()
+        """The controller's state of the node, lower case (``idle``, ``allocated``, ``drained``…).
+
+        From ``scontrol show node``: sinfo was seen reporting ``mixed`` for a node the controller
+        had as IDLE with nothing allocated (after many jobs had ended), and prints one line per
+        partition the node is in."""
+        done = self.run("scontrol", "show", "node", "--oneliner", self.node, check=False)
+        state = parse_record(done.stdout.strip()).get("State", "") if done.returncode == 0 else ""
+        return state.lower()
 
     def stop(self, timeout: float = 30) -> None:
         """Cancel what is left of the jobs, then stop slurmd, slurmctld and munged by PID."""
@@ -317,7 +325,8 @@ def beamside_settings(cluster: SlurmCluster) -> dict:
     return {
         "platform": "slurm",
         "slurm": {"conf": str(cluster.conf), "poll_every": 0.5, "memory": "1G", "max_cores": 4,
-                  "walltime": "1:00:00", "max_walltime": "2:00:00", "hub_ip": HOST_IP, "server_ip": "node"},
+                  "walltime": "1:00:00", "max_walltime": "2:00:00", "hub_ip": HOST_IP, "server_ip": "node",
+                  "partitions": ["long"]},
         "singleuser": {"access_check_every": 2},
     }
 

@@ -68,6 +68,7 @@ def test_defaults_are_filled_in_once(tmp_path):
     ("platform: slurm\nsingleuser: {isolation: none}\n", "singleuser.isolation: none cannot apply"),
     ("platform: slurm\nslurm: {server_ip: node1}\n", "slurm.server_ip: 'node1' is not an IP address or \"node\""),
     ("platform: slurm\nslurm: {hub_ip: node}\n", "slurm.hub_ip: 'node' is not an IP address"),
+    ("platform: slurm\nslurm: {partitions: [long, 7]}\n", "slurm.partitions: .* is not a list of partition names"),
 ])
 def test_slurm_settings_are_checked_where_the_admin_wrote_them(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):

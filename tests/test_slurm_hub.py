@@ -27,7 +27,7 @@ from analysis_lib.catalog import Catalog
 from .deploy import Deployment
 from .hubclient import Kernel
 from .slurm import NODE_IP, beamside_settings
-from .test_hub import ok, outcome, path_of
+from .test_hub import login, ok, outcome, path_of
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -66,8 +66,8 @@ def catalog(dep) -> Catalog:
 
 def jobs_of(slurm, account: str, name: str = "") -> list[dict]:
     names = ["--name", name] if name else []
-    out = slurm.run("squeue", "--noheader", "--user", account, *names, "--format", "%i|%T|%R|%j").stdout.split()
-    return [dict(zip(("id", "state", "reason", "name"), line.split("|"))) for line in out]
+    out = slurm.run("squeue", "--noheader", "--user", account, *names, "--format", "%i|%T|%R|%j|%P").stdout.split()
+    return [dict(zip(("id", "state", "reason", "name", "partition"), line.split("|"))) for line in out]
 
 
 DASK_JOBS = "dask-gateway"  # the job name dask-gateway's SlurmBackend gives schedulers and workers
@@ -253,7 +253,26 @@ def test_asking_for_more_than_the_limits_is_refused_before_submitting(dep):
     while dep.hub.api("GET", "/users/bob").json().get("pending") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert "64 cores asked for; this hub allows 1 to 4 per server" in dep.hub_log()
+    r = dep.hub.api("POST", "/users/bob/server", json={"partition": "gpu"})  # not one the admin offers
+    assert r.status_code in (400, 500), r.text
+    deadline = time.monotonic() + 30
+    while dep.hub.api("GET", "/users/bob").json().get("pending") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "partition 'gpu' is not one this hub offers (the default, long)" in dep.hub_log()
     assert not jobs_of(dep.slurm, "bs-bob")
+    # the spawn form offers what the admin set, and a partition picked there is where the job runs
+    browser = login(dep, "bob", dep.logins["bob"])
+    page = browser.get(f"{dep.url}/hub/spawn", timeout=30).content.decode()
+    assert 'name="partition"' in page and ">long</option>" in page and "Cores (1–4)" in page, page[-2000:]
+    r = browser.post(f"{dep.url}/hub/spawn", timeout=60, allow_redirects=False,
+                     data={"partition": "long", "cores": "1", "memory": "1G", "walltime": "0:30:00",
+                           "_xsrf": browser.cookies.get("_xsrf")})
+    assert r.status_code in (302, 303), r.text[-500:]
+    try:
+        wait_until(lambda: (server_of(dep, "bob") or {}).get("ready"), 120, "bob's server from the spawn form")
+        assert [(j["partition"], j["state"]) for j in jobs_of(dep.slurm, "bs-bob")] == [("long", "RUNNING")]
+    finally:
+        dep.hub.stop("bob")
 
 
 def progress_messages(dep, user: str, want: str, timeout: float = 60) -> list[str]:
