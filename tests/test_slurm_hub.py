@@ -260,19 +260,6 @@ def test_asking_for_more_than_the_limits_is_refused_before_submitting(dep):
         time.sleep(0.2)
     assert "partition 'gpu' is not one this hub offers (the default, long)" in dep.hub_log()
     assert not jobs_of(dep.slurm, "bs-bob")
-    # the spawn form offers what the admin set, and a partition picked there is where the job runs
-    browser = login(dep, "bob", dep.logins["bob"])
-    page = browser.get(f"{dep.url}/hub/spawn", timeout=30).content.decode()
-    assert 'name="partition"' in page and ">long</option>" in page and "Cores (1–4)" in page, page[-2000:]
-    r = browser.post(f"{dep.url}/hub/spawn", timeout=60, allow_redirects=False,
-                     data={"partition": "long", "cores": "1", "memory": "1G", "walltime": "0:30:00",
-                           "_xsrf": browser.cookies.get("_xsrf")})
-    assert r.status_code in (302, 303), r.text[-500:]
-    try:
-        wait_until(lambda: (server_of(dep, "bob") or {}).get("ready"), 120, "bob's server from the spawn form")
-        assert [(j["partition"], j["state"]) for j in jobs_of(dep.slurm, "bs-bob")] == [("long", "RUNNING")]
-    finally:
-        dep.hub.stop("bob")
 
 
 def progress_messages(dep, user: str, want: str, timeout: float = 60) -> list[str]:
@@ -399,6 +386,24 @@ def test_walltime_expiry_is_told_at_the_next_start(dep):
     wait_until(lambda: (server_of(dep, "bob") or {}).get("ready"), 120, "bob's next server")
     dep.hub.stop("bob")
 
+
+
+def test_the_spawn_form_offers_the_admins_partitions(dep):
+    """Late in the module: JupyterHub remembers bob's options (partition long) for his next start."""
+    # the spawn form offers what the admin set, and a partition picked there is where the job runs
+    browser = login(dep, "bob", dep.logins["bob"])
+    page = browser.get(f"{dep.url}/hub/spawn", timeout=30).content.decode()
+    assert 'name="partition"' in page and ">long</option>" in page and "Cores (1–4)" in page, page[-2000:]
+    r = browser.post(f"{dep.url}/hub/spawn", timeout=60, allow_redirects=False,
+                     data={"partition": "long", "cores": "1", "memory": "1G", "walltime": "0:30:00",
+                           "_xsrf": browser.cookies.get("_xsrf")})
+    assert r.status_code in (302, 303), r.text[-500:]
+    try:
+        wait_until(lambda: (server_of(dep, "bob") or {}).get("ready"), 120, "bob's server from the spawn form")
+        assert [(j["partition"], j["state"]) for j in jobs_of(dep.slurm, "bs-bob")] == [("long", "RUNNING")]
+    finally:
+        dep.hub.stop("bob")
+        wait_until(lambda: not jobs_of(dep.slurm, "bs-bob"), 30, "bob's job gone")
 
 
 # -- the idle culler, unchanged on this platform ----------------------------------------------------
