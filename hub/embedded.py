@@ -339,6 +339,23 @@ def _open_log(folder: Path, name: str):
     return os.fdopen(os.open(folder / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), "ab")
 
 
+def _end(procs: list, timeout: float) -> None:
+    """SIGTERM, then SIGKILL for whatever still runs after ``timeout`` seconds."""
+    import psutil
+
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def _end_orphaned_services(hub_api_url: str, timeout: float = 30) -> None:
     """The services a dead hub started (the gateway, the culler, the audit socket) are ended first.
 
@@ -362,17 +379,7 @@ def _end_orphaned_services(hub_api_url: str, timeout: float = 30) -> None:
                 _say(f"ending the {env['JUPYTERHUB_SERVICE_NAME']} service the last hub left running (pid {proc.pid})")
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-    for proc in services:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _gone, alive = psutil.wait_procs(services, timeout=timeout)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
+    _end(services, timeout)
 
 
 def _kill_leftovers(state: Path) -> None:
@@ -395,17 +402,7 @@ def _kill_leftovers(state: Path) -> None:
                 victims.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    for proc in victims:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _gone, alive = psutil.wait_procs(victims, timeout=5)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
+    _end(victims, 5)
 
 
 def main(config: str | None = None) -> int:
