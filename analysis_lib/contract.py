@@ -12,6 +12,10 @@ from __future__ import annotations
 CATALOG_ENV = "BEAMSIDE_CATALOG"  # the beamtime catalog file (analysis_lib.catalog)
 AUDIT_SOCKET_ENV = "BEAMSIDE_AUDIT_SOCKET"  # the hub's audit socket, where file opens are reported
 USER_ENV = "JUPYTERHUB_USER"  # who is asking, when no user is given
+# Inside a server's sandbox: its memory cgroup, read-only (usage, limit, how many processes the
+# kernel stopped for going over it); JupyterHub's MEM_LIMIT holds the limit in bytes.
+MEMORY_GROUP_DIR = "/run/beamside/memory"
+MEMORY_LIMIT_ENV = "MEM_LIMIT"
 
 # -- the hub's Dask gateway -------------------------------------------------
 GATEWAY_SERVICE = "dask-gateway"  # the gateway's name as a JupyterHub service

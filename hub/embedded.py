@@ -21,7 +21,7 @@ from pathlib import Path
 
 import analysis_lib
 
-from . import auth, network, sandbox
+from . import auth, limits, network, sandbox
 from .platform import platform_named, stopping_marker
 from .runtime import Paths, Runtime
 from .settings import Settings
@@ -124,6 +124,7 @@ def prepare(config: str | None, overrides: dict | None = None) -> Runtime:
     (state / "logs").mkdir(mode=0o700, exist_ok=True)
     demo = not s.data.catalog
     isolate, why = decide_isolation(s.singleuser.isolation, [*software, str(homes)], demo=demo)
+    limits_said = limits.describe(s) if isolate and s.platform == "local" else ""
     catalog = s.data.catalog
     if demo:
         from analysis_lib.demo import write_demo_data
@@ -163,6 +164,7 @@ def prepare(config: str | None, overrides: dict | None = None) -> Runtime:
         network="private" if private else "host",
         isolate=isolate,
         isolation=why,
+        limits=limits_said,
         demo=demo,
         demo_logins=_demo_logins(Path(paths.passwords_file)) if s.auth.type == "passwords" and demo else {},
     )
@@ -263,6 +265,8 @@ class Supervisor:
         _say(f"isolation: {'ON — ' if r.isolate else 'OFF (DEMO MODE, users are NOT isolated) — '}{r.isolation}")
         if not r.isolate:
             _say("!!! every user can read every file this account can read: a demo only, never with real data !!!")
+        if r.limits:
+            _say(r.limits)
         logins = r.demo_logins
         for user, password in sorted(logins.items()):
             _say(f"  login: {user:<6} password: {password}")

@@ -36,7 +36,7 @@ from traitlets import Float, Integer, Unicode
 from analysis_lib import Policy
 from analysis_lib.contract import USER_ENV, WORKER_ENV
 
-from . import rootfs, sandbox
+from . import limits, rootfs, sandbox
 from .accounts import ensure_account
 
 _WORK = "work"  # the user's own part of a cluster's folder
@@ -54,6 +54,8 @@ class BeamsideClusters(sandbox.Sandboxed):
     max_cluster_age = Float(0, config=True, help="Seconds after which a cluster is stopped even if busy (0: never).")
     reconcile_period = Float(30, config=True, help="Seconds between checks of running clusters against the catalog.")
     stopping_marker = Unicode("", config=True, help="The file beamside's supervisor makes when beamside itself stops.")
+    cluster_memory_limit = Integer(0, config=True, help="Bytes one cluster's scheduler and workers may use together, "
+                                   "kept by the local backend's cgroups (0: no cap; SLURM jobs have their own).")
 
     def _account(self, username):
         return ensure_account(username, str(self.home_of(username)))
@@ -188,7 +190,25 @@ class BeamsideClusters(sandbox.Sandboxed):
 
 
 class BeamsideBackend(BeamsideClusters, LocalBackend):
-    """LocalBackend + beamside accounts, sandboxes and per-user limits: processes on this host."""
+    """LocalBackend + beamside accounts, sandboxes and per-user limits: processes on this host, each
+    cluster's in a cgroup of its own inside its user's (:mod:`beamside_hub.limits`)."""
+
+    def _group_name(self, cluster) -> str:
+        return f"dask-{cluster.name}"
+
+    def cluster_group(self, cluster) -> limits.Group | None:
+        """The cluster's cgroup (made with its first process, shared by the rest; None: no cgroups)."""
+        cgroups = self._cgroups()
+        if cgroups is None:
+            return None
+        account = self._account(cluster.username)
+        return cgroups.part_group(account.unix_name, account.gid, self._group_name(cluster), self.user_limit(),
+                                  limits.Limit(memory=self.cluster_memory_limit or None))
+
+    async def do_stop_cluster(self, cluster):
+        await super().do_stop_cluster(cluster)
+        if self.isolate:
+            await asyncio.to_thread(self.end_group, self._account(cluster.username), self._group_name(cluster))
 
     def setup_working_directory(self, cluster):
         """The root-owned cluster folder (:meth:`BeamsideClusters.make_cluster_folder`)."""
@@ -211,22 +231,23 @@ class BeamsideBackend(BeamsideClusters, LocalBackend):
         if not self.isolate:
             return await super().start_process(cluster, cmd, env, name)
         account = self._account(cluster.username)
+        group = await asyncio.to_thread(self.cluster_group, cluster)
         with rootfs.root_dir(Path(cluster.state["workdir"]) / _LOGS) as logs:
             fd = rootfs.create_file(logs, f"{name}.log", mode=0o640, gid=account.gid)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *cmd, preexec_fn=self.make_preexec_fn(cluster), start_new_session=True, env=env,
+                *cmd, preexec_fn=self.make_preexec_fn(cluster, group), start_new_session=True, env=env,
                 stdin=subprocess.DEVNULL, stdout=fd, stderr=asyncio.subprocess.STDOUT,
             )
         finally:
             os.close(fd)
         return proc.pid
 
-    def make_preexec_fn(self, cluster):
+    def make_preexec_fn(self, cluster, group: limits.Group | None = None):
         workdir = cluster.state["workdir"]
         if not self.isolate:
             return lambda: os.chdir(workdir)
-        return self.preexec_for(self._account(cluster.username), os.path.join(workdir, _WORK))
+        return self.preexec_for(self._account(cluster.username), os.path.join(workdir, _WORK), group)
 
     async def stop_process(self, pid):
         """Stop the sandbox's whole process group: SIGINT, then SIGTERM, then SIGKILL."""

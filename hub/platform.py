@@ -32,6 +32,7 @@ import importlib
 import os
 
 import yaml
+from dask.utils import parse_bytes
 
 from analysis_lib.contract import GATEWAY_PREFIX, WORKER_ENV
 
@@ -153,6 +154,7 @@ class LocalPlatform(Platform):
         b.reconcile_period = s.singleuser.access_check_every
         b.db_url = f"sqlite:///{paths.gateway_dir}/db/gateway.sqlite"
         b.stopping_marker = stopping_marker(paths)
+        b.cluster_memory_limit = parse_bytes(str(dask.max_memory)) + parse_bytes(str(dask.worker_memory))
         b.db_encrypt_keys = [runtime.secrets["gateway_db_key"]]
         return [os.path.join(venv_bin, "dask")], {"PATH": f"{venv_bin}:/usr/bin:/bin", "PYTHONNOUSERSITE": "1"}
 
@@ -167,6 +169,10 @@ class LocalPlatform(Platform):
         section.software_paths = list(paths.software)
         section.audit_socket = paths.audit_socket if runtime.settings.audit.enabled else ""
         section.private_network = runtime.private_network
+        limits = runtime.settings.limits
+        section.user_memory_limit = parse_bytes(str(limits.memory)) if limits.memory is not None else 0
+        section.user_cpu_limit = float(limits.cpu or 0)
+        section.user_process_limit = (limits.processes or 0) if runtime.platform == LocalPlatform.name else 0
 
 
 def stopping_marker(paths) -> str:

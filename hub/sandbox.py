@@ -23,17 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from traitlets import Bool, HasTraits, List, Unicode
+from traitlets import Bool, Float, HasTraits, Integer, List, Unicode
 
 from analysis_lib import Policy
 from analysis_lib.catalog import Catalog, load_catalog
-from analysis_lib.contract import AUDIT_SOCKET_ENV, CATALOG_ENV
+from analysis_lib.contract import AUDIT_SOCKET_ENV, CATALOG_ENV, MEMORY_GROUP_DIR
 
-from . import network, rootfs
+from . import limits, network, rootfs
 from .platform import USER_CATALOG as IN_SANDBOX_CATALOG, USER_CATALOG_DIR as IN_SANDBOX_CATALOG_DIR
 from .accounts import Account, drop_privileges
 
 IN_SANDBOX_AUDIT = "/run/beamside/audit.sock"
+# beamside's own /etc/ipython in every sandbox: kernels load the library's memory-limit notice
+IPYTHON_ETC = Path(__file__).with_name("sandbox_etc") / "ipython"
 _SYSTEM_LINKS = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
 # The host's /etc holds other users' names (passwd, group), perhaps an admin's settings, catalog or
 # state: a sandbox gets only what programs need to run, plus a passwd and group of its own.
@@ -59,6 +61,7 @@ class SandboxSpec:
     readonly: list[Path] = field(default_factory=list)  # e.g. a Dask cluster's folder (its TLS files)
     writable: list[Path] = field(default_factory=list)  # e.g. the user's part of that folder
     workdir: Path | None = None
+    memory_group: Path | None = None  # the cgroup folder whose memory events the user may read
 
 
 def _etc_argv(etc_dir: Path | None) -> list[str]:
@@ -72,7 +75,7 @@ def _etc_argv(etc_dir: Path | None) -> list[str]:
     if etc_dir is not None:
         for name in ("passwd", "group"):
             argv += ["--ro-bind", str(etc_dir / name), f"/etc/{name}"]
-    return argv
+    return argv + ["--ro-bind", str(IPYTHON_ETC), "/etc/ipython"]
 
 
 def bwrap_argv(spec: SandboxSpec, bwrap: str = "bwrap") -> list[str]:
@@ -104,6 +107,8 @@ def bwrap_argv(spec: SandboxSpec, bwrap: str = "bwrap") -> list[str]:
         argv += ["--ro-bind", str(spec.catalog_dir), IN_SANDBOX_CATALOG_DIR]
     if spec.audit_socket is not None:
         argv += ["--bind", str(spec.audit_socket), IN_SANDBOX_AUDIT]
+    if spec.memory_group is not None:  # read-only: the user reads their usage and kills, never a limit
+        argv += ["--ro-bind", str(spec.memory_group), MEMORY_GROUP_DIR]
     argv += ["--setenv", "HOME", str(spec.home), "--setenv", "TMPDIR", "/tmp"]
     argv += ["--chdir", str(spec.workdir or spec.home), "--"]
     return argv
@@ -219,11 +224,15 @@ class Sandboxed(HasTraits):
     audit_socket = Unicode("", config=True, help="Unix socket of the audit service, bound into every sandbox.")
     private_network = Bool(False, config=True,
                            help="Run each user's processes in a network namespace of their own (beamside_hub.network).")
+    user_memory_limit = Integer(0, config=True, help="Bytes all of one user's processes may use together (0: no cap).")
+    user_cpu_limit = Float(0, config=True, help="Cores all of one user's processes may use together (0: no cap).")
+    user_process_limit = Integer(0, config=True, help="Processes and threads one user may run (0: no cap).")
 
     def home_of(self, user: str) -> Path:
         return Path(self.homes_dir) / user
 
-    def sandbox_argv(self, account: Account, *, readonly=(), writable=(), workdir: Path | None = None) -> list[str]:
+    def sandbox_argv(self, account: Account, *, readonly=(), writable=(), workdir: Path | None = None,
+                     group: limits.Group | None = None) -> list[str]:
         """The bubblewrap command line for ``account``'s user (writes the user's sandbox files first)."""
         catalog = load_catalog(self.catalog)
         user_dir = write_user_files(catalog, account, Path(self.sandboxes_dir))
@@ -238,6 +247,7 @@ class Sandboxed(HasTraits):
             readonly=list(readonly),
             writable=list(writable),
             workdir=workdir,
+            memory_group=group.memory_folder if group is not None else None,
         )
         return bwrap_argv(spec, find_bwrap() or "bwrap")
 
@@ -246,18 +256,52 @@ class Sandboxed(HasTraits):
         None when they share the host's network."""
         return network.ensure(account.uid) if self.private_network else None
 
-    def preexec_for(self, account: Account, workdir: str):
-        """A ``preexec_fn``: into the user's network namespace (while still root), then the account's ids."""
+    def preexec_for(self, account: Account, workdir: str, group: limits.Group | None = None):
+        """A ``preexec_fn``: into the user's cgroup and network namespace (while still root), then
+        the account's ids."""
         drop = drop_privileges(account, workdir)
-        if not self.private_network:
-            return drop
-        uid = account.uid
+        uid, private = account.uid, self.private_network
 
         def preexec():
-            network.enter(uid)
+            if group is not None:
+                group.enter()
+            if private:
+                network.enter(uid)
             drop()
 
         return preexec
+
+    # -- per-user limits (cgroups) ----------------------------------------------------------
+    def _cgroups(self) -> limits.Cgroups | None:
+        """The machine's cgroups, or None: then only if no limit is set (else: fail closed)."""
+        found = limits.Cgroups.detect() if self.isolate else None
+        if found is None and self.isolate and self._limited():
+            raise limits.LimitsUnavailable("per-user limits are set but this machine's kernel has no cgroup memory, "
+                                           "cpu and pids controllers to keep them")
+        return found
+
+    def _limited(self) -> bool:
+        return bool(self.user_memory_limit or self.user_cpu_limit or self.user_process_limit)
+
+    def user_limit(self) -> limits.Limit:
+        return limits.Limit(memory=self.user_memory_limit or None, cpu=self.user_cpu_limit or None,
+                            processes=self.user_process_limit or None)
+
+    def fresh_group(self, account: Account, part: str, limit: limits.Limit) -> limits.Group | None:
+        """``part``'s cgroup in ``account``'s, emptied of anything a previous run left (None: no cgroups)."""
+        cgroups = self._cgroups()
+        if cgroups is None:
+            return None
+        cgroups.group(account.unix_name, part).remove()
+        return cgroups.part_group(account.unix_name, account.gid, part, self.user_limit(), limit)
+
+    def end_group(self, account: Account, part: str) -> None:
+        """Whatever is left in ``part``'s cgroup is stopped and the group removed (the user's too, if empty)."""
+        cgroups = limits.Cgroups.detect() if self.isolate else None
+        if cgroups is None:
+            return
+        cgroups.group(account.unix_name, part).remove()
+        cgroups.remove_user_if_empty(account.unix_name)
 
     def sandbox_env(self) -> dict:
         """Where the library finds the catalog and the audit socket, inside the sandbox (or not)."""

@@ -172,6 +172,19 @@ class Dask:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one user's processes together may use on this machine (server, kernels and Dask
+    clusters), kept by the kernel's cgroups (:mod:`beamside_hub.limits`); every user also gets an
+    equal CPU share under contention. ``singleuser.mem_limit``/``cpu_limit`` cap the server and its
+    kernels within this. On SLURM the job's own limits hold (slurm.memory, cores); on Kubernetes the
+    pods' resources."""
+
+    memory: str | int | None = None  # e.g. "8 G"; null: no per-user cap
+    cpu: float | None = None  # cores; null: no cap (the equal share still holds)
+    processes: int | None = 4096  # processes and threads of one user (a fork flood stops there); null: no cap
+
+
+@dataclass(frozen=True)
 class Culler:
     """Stops idle servers; ``max_age`` stops even busy ones, so no session outlives a week of catalog changes unseen."""
 
@@ -257,6 +270,7 @@ class Settings:
     auth: Auth = field(default_factory=Auth)
     singleuser: Singleuser = field(default_factory=Singleuser)
     dask: Dask = field(default_factory=Dask)
+    limits: Limits = _only(LOCAL, factory=Limits)
     culler: Culler = field(default_factory=Culler)
     audit: Audit = field(default_factory=Audit)
 
@@ -336,6 +350,7 @@ class Settings:
         if self.platform == "slurm" and self.singleuser.isolation == "none":
             raise ValueError("platform: slurm runs every server as its user's own account, in a sandbox: "
                              "singleuser.isolation: none cannot apply")
+        self._check_limits()
         if self.singleuser.isolation not in ("auto", "bubblewrap", "none"):
             raise ValueError("singleuser.isolation must be 'auto', 'bubblewrap' or 'none'")
         if self.singleuser.network not in ("private", "host"):
@@ -344,6 +359,26 @@ class Settings:
             raise ValueError(f"data.volume.type must be pvc, nfs or hostPath, got {self.data.volume.type!r}")
         if self.singleuser.home.type not in ("pvc", "nfs"):
             raise ValueError(f"singleuser.home.type must be pvc or nfs, got {self.singleuser.home.type!r}")
+
+    def _check_limits(self) -> None:
+        from dask.utils import parse_bytes
+
+        limits = self.limits
+        if self.platform == "slurm" and (limits.memory, limits.cpu) != (None, None):
+            raise ValueError("the limits section is for one machine; on SLURM each server and Dask process is a job with "
+                             "its own limits (slurm.memory, slurm.cores, dask.worker_memory)")
+        for name, value in (("limits.memory", limits.memory), ("singleuser.mem_limit", self.singleuser.mem_limit)):
+            try:
+                if value is not None and parse_bytes(value) <= 0:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"{name} must be an amount of memory such as '4 G', got {value!r}") from None
+        for name, value in (("limits.cpu", limits.cpu), ("singleuser.cpu_limit", self.singleuser.cpu_limit)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a number of cores above 0, got {value!r}")
+        if limits.processes is not None and limits.processes < 64:
+            raise ValueError(f"limits.processes must be at least 64 (a server with a kernel runs dozens of threads), "
+                             f"got {limits.processes}")
 
     def replace(self, **sections) -> Settings:
         """A copy with some keys of some sections changed: ``s.replace(hub={"port": 9000})``."""

@@ -18,6 +18,7 @@ that root creates on a file descriptor of its own logs folder.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -31,9 +32,9 @@ from traitlets import Unicode
 
 from analysis_lib import Policy
 from analysis_lib.catalog import load_catalog
-from analysis_lib.contract import DETACHED
+from analysis_lib.contract import DETACHED, MEMORY_LIMIT_ENV
 
-from . import rootfs, sandbox
+from . import limits, rootfs, sandbox
 from .accounts import Account, ensure_account
 
 
@@ -155,7 +156,11 @@ class UserServer(sandbox.Sandboxed):
 
 
 class BeamsideSpawner(UserServer, LocalProcessSpawner):
-    """LocalProcessSpawner + per-user account + bubblewrap sandbox built from the catalog."""
+    """LocalProcessSpawner + per-user account + bubblewrap sandbox built from the catalog + the
+    user's cgroups (:mod:`beamside_hub.limits`), which keep ``mem_limit`` and ``cpu_limit``
+    (JupyterHub's local spawner only passes them on)."""
+
+    _group: limits.Group | None = None  # the server's cgroup while it starts
 
     def make_preexec_fn(self, name):
         account = self._account()
@@ -166,7 +171,14 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
                 os.chdir(home)
 
             return preexec
-        return self.preexec_for(account, str(self.home))
+        return self.preexec_for(account, str(self.home), self._group)
+
+    def get_env(self):
+        env = super().get_env()
+        limit = min((x for x in (self.mem_limit, self.user_memory_limit) if x), default=None)
+        if limit:  # the limit that holds first, for the library's notice and JupyterLab's usage display
+            env[MEMORY_LIMIT_ENV] = str(limit)
+        return env
 
     # -- start -----------------------------------------------------------------------
     async def start(self):
@@ -176,14 +188,17 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
         self.popen_kwargs = {**base_popen, "stdin": subprocess.DEVNULL,
                              **({"stdout": log_fd, "stderr": subprocess.STDOUT} if log_fd is not None else {})}
         if account is not None:
-            self.cmd = self.sandbox_argv(account) + base_cmd
+            self._group = await asyncio.to_thread(
+                self.fresh_group, account, limits.SERVER, limits.Limit(memory=self.mem_limit or None, cpu=self.cpu_limit or None)
+            )
+            self.cmd = self.sandbox_argv(account, group=self._group) + base_cmd
             address = self.user_address(account)
             if address:  # in the user's own network namespace, reached through its link
                 self.ip = address
         try:
             return await super().start()
         finally:
-            self.cmd, self.popen_kwargs = base_cmd, base_popen
+            self.cmd, self.popen_kwargs, self._group = base_cmd, base_popen, None
             if log_fd is not None:
                 os.close(log_fd)
 
@@ -219,3 +234,6 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        account = self._account()
+        if account is not None:  # and whatever left the group (setsid) goes with the server's cgroup
+            await asyncio.to_thread(self.end_group, account, limits.SERVER)
