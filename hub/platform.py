@@ -151,7 +151,7 @@ class LocalPlatform(Platform):
         b.max_clusters_per_user = dask.max_clusters_per_user
         b.max_cluster_age = dask.max_age
         b.reconcile_period = s.singleuser.access_check_every
-        b.db_url = f"sqlite:///{paths.gateway_dir}/db/gateway.sqlite"
+        b.db_url = dask.db_url or f"sqlite:///{paths.gateway_dir}/db/gateway.sqlite"
         b.stopping_marker = stopping_marker(paths)
         b.db_encrypt_keys = [runtime.secrets["gateway_db_key"]]
         return [os.path.join(venv_bin, "dask")], {"PATH": f"{venv_bin}:/usr/bin:/bin", "PYTHONNOUSERSITE": "1"}
