@@ -29,6 +29,12 @@ if [ "$(id -u)" = 0 ] && ! slurm_installed; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
      slurmctld slurmd slurm-client munge) >/dev/null 2> >(grep -v '^debconf: delaying package configuration' >&2)
 fi
+# PostgreSQL for the tests of hub.db_url and dask.db_url (tests/postgres.py runs a throwaway server of its
+# own as the postgres account; the package starts nothing here, as there is no systemd).
+if [ "$(id -u)" = 0 ] && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql) \
+    >/dev/null 2> >(grep -v '^debconf: delaying package configuration' >&2)
+fi
 # A mock OpenID Connect provider for the OIDC login tests, in its own venv under the ignored tooling
 # folder (oidc-provider-mock 0.4 needs Python 3.12; 0.3.4 is the newest that runs on 3.11).
 OIDC_VENV=.tooling/oidc-venv

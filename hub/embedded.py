@@ -104,9 +104,40 @@ def _refuse_if_visible(paths: Paths, settings_file: str | None, beamtimes: list[
                                  "to a folder users cannot read (e.g. /srv/beamside)")
 
 
+def check_database(setting: str, url: str | None, timeout: int = 10) -> None:
+    """Stop unless the external database ``url`` (the setting named ``setting``) answers.
+
+    Without this, a wrong ``hub.db_url`` shows only as "JupyterHub did not start", and a wrong
+    ``dask.db_url`` as a hub whose gateway never comes up. The message shows the URL without its
+    password; the connection gives up after ``timeout`` seconds rather than hang on a lost host.
+    """
+    if not url or url.startswith("sqlite"):  # the state folder's own file: made when first used
+        return
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:  # its message repeats the URL, password and all
+        raise SystemExit(f"{setting} is not a database URL (e.g. postgresql://user:password@host:5432/name)") from None
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        engine = sa.create_engine(parsed, poolclass=sa.pool.NullPool,
+                                  connect_args={"connect_timeout": timeout} if parsed.get_backend_name() == "postgresql" else {})
+        with engine.connect():
+            pass
+    except (ModuleNotFoundError, sa.exc.NoSuchModuleError) as exc:
+        raise SystemExit(f"{setting}: no driver for {shown} here ({exc}); for PostgreSQL: "
+                         "pip install 'beamside[postgres]'") from None
+    except sa.exc.DBAPIError as exc:
+        raise SystemExit(f"{setting}: cannot connect to the database {shown}: {str(exc.orig).strip()}") from None
+
+
 def prepare(config: str | None, overrides: dict | None = None) -> Runtime:
     """Resolve settings into the runtime file; create state, secrets, demo data and logins."""
     s = Settings.from_yaml(config, overrides)
+    check_database("hub.db_url", s.hub.db_url)
+    if s.dask.enabled:
+        check_database("dask.db_url", s.dask.db_url)
     os.umask(0o077)  # state, secrets and databases are root's alone unless a mode says otherwise
     state = Path(s.hub.state_dir)
     state.mkdir(parents=True, exist_ok=True)

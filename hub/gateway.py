@@ -29,6 +29,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import sqlalchemy as sa
+from dask_gateway_server.backends import db_base
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.local import LocalBackend, wait_is_shutdown
 from traitlets import Float, Integer, Unicode
@@ -41,6 +43,24 @@ from .accounts import ensure_account
 
 _WORK = "work"  # the user's own part of a cluster's folder
 _LOGS = "logs"
+
+
+def _tables_that_fit_postgresql() -> None:
+    """dask-gateway-server's tables as PostgreSQL can hold them (``dask.db_url: postgresql://…``).
+
+    Upstream only ever ran them on sqlite, whose integers have 64 bits and whose types are
+    names only: on PostgreSQL ``clusters.token``'s ``BINARY(140)`` is no type at all (the
+    ``CREATE TABLE`` fails) and a start or stop time, in milliseconds since 1970, overflows a
+    32-bit ``INTEGER`` (every new cluster fails). Changed before the gateway creates the tables;
+    on sqlite the new types mean what the old ones did, and existing tables stay as they are.
+    """
+    db_base.clusters.c.token.type = sa.LargeBinary()
+    for table in (db_base.clusters, db_base.workers):
+        for column in ("start_time", "stop_time"):
+            table.c[column].type = sa.BigInteger()
+
+
+_tables_that_fit_postgresql()
 
 
 class BeamsideClusters(sandbox.Sandboxed):

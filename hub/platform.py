@@ -152,7 +152,7 @@ class LocalPlatform(Platform):
         b.max_clusters_per_user = dask.max_clusters_per_user
         b.max_cluster_age = dask.max_age
         b.reconcile_period = s.singleuser.access_check_every
-        b.db_url = f"sqlite:///{paths.gateway_dir}/db/gateway.sqlite"
+        b.db_url = dask.db_url or f"sqlite:///{paths.gateway_dir}/db/gateway.sqlite"
         b.stopping_marker = stopping_marker(paths)
         b.cluster_memory_limit = parse_bytes(str(dask.max_memory)) + parse_bytes(str(dask.worker_memory))
         b.db_encrypt_keys = [runtime.secrets["gateway_db_key"]]

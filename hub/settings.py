@@ -49,7 +49,7 @@ class Hub:
     hub_port: int = _only(LOCAL, 8081)  # the hub's own API (internal)
     proxy_api_port: int = _only(LOCAL, 8001)
     state_dir: str = _only(LOCAL, ".beamside")  # sqlite db, secrets, homes, logs (relative: to the settings file)
-    db_url: str | None = None  # default sqlite in state_dir; e.g. postgresql://user@host/beamside
+    db_url: str | None = None  # default sqlite in state_dir; e.g. postgresql://user:password@host/beamside
     concurrent_spawn_limit: int = 20
 
 
@@ -169,6 +169,9 @@ class Dask:
     scheduler_memory: str | int = _only(KUBERNETES, "2 G")
     idle_timeout: int = 1800
     max_age: int = 7 * 86400  # seconds: even a busy cluster ends then (0: never)
+    # the gateway's record of clusters; default sqlite in state_dir; e.g. postgresql://user:password@host/gateway
+    # (on Kubernetes the clusters are the cluster's own objects: no database)
+    db_url: str | None = _only(LOCAL, None)
 
 
 @dataclass(frozen=True)
