@@ -18,7 +18,29 @@ class AccessDenied(BeamsideError, PermissionError):
 
 
 class CatalogError(BeamsideError, ValueError):
-    """The beamtime catalog file is missing or not in the documented shape."""
+    """The beamtime catalog file is missing, unreadable or not in the documented shape.
+
+    ``file`` and ``line`` (from 1, when known) say where, so that the admin fixes the right
+    line and the user on the spawn page knows it is the facility's file, not their notebook.
+    """
+
+    def __init__(self, reason: str, *, file: str | None = None, line: int | None = None):
+        self.reason = reason
+        self.file = None if file is None else str(file)
+        self.line = line
+        where = []
+        if self.file:
+            where.append(f"catalog {self.file!r}")
+        if line:
+            where.append(f"line {line}")
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+    def __reduce__(self):
+        return (_rebuild_catalog_error, (type(self), self.reason, self.file, self.line))
+
+
+def _rebuild_catalog_error(cls, reason, file, line):
+    return cls(reason, file=file, line=line)
 
 
 class DataError(BeamsideError, ValueError):
