@@ -43,6 +43,22 @@ def _rebuild_catalog_error(cls, reason, file, line):
     return cls(reason, file=file, line=line)
 
 
+class NoSpaceError(BeamsideError, OSError):
+    """A result could not be saved: its file system is full (or the user's quota is used up).
+
+    Nothing was written: no partial file, and an earlier result of the same name is unchanged.
+    ``file`` is the result's path; ``errno`` stays the system's (``ENOSPC`` or ``EDQUOT``).
+    """
+
+    def __init__(self, message: str, file: str | None = None, code: int | None = None):
+        super().__init__(message)
+        self.file = file
+        self.errno = code
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.file, self.errno))
+
+
 class DataError(BeamsideError, ValueError):
     """A file cannot be read as the data it claims to be.
 
