@@ -18,7 +18,45 @@ class AccessDenied(BeamsideError, PermissionError):
 
 
 class CatalogError(BeamsideError, ValueError):
-    """The beamtime catalog file is missing or not in the documented shape."""
+    """The beamtime catalog file is missing, unreadable or not in the documented shape.
+
+    ``file`` and ``line`` (from 1, when known) say where, so that the admin fixes the right
+    line and the user on the spawn page knows it is the facility's file, not their notebook.
+    """
+
+    def __init__(self, reason: str, *, file: str | None = None, line: int | None = None):
+        self.reason = reason
+        self.file = None if file is None else str(file)
+        self.line = line
+        where = []
+        if self.file:
+            where.append(f"catalog {self.file!r}")
+        if line:
+            where.append(f"line {line}")
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+    def __reduce__(self):
+        return (_rebuild_catalog_error, (type(self), self.reason, self.file, self.line))
+
+
+def _rebuild_catalog_error(cls, reason, file, line):
+    return cls(reason, file=file, line=line)
+
+
+class NoSpaceError(BeamsideError, OSError):
+    """A result could not be saved: its file system is full (or the user's quota is used up).
+
+    Nothing was written: no partial file, and an earlier result of the same name is unchanged.
+    ``file`` is the result's path; ``errno`` stays the system's (``ENOSPC`` or ``EDQUOT``).
+    """
+
+    def __init__(self, message: str, file: str | None = None, code: int | None = None):
+        super().__init__(message)
+        self.file = file
+        self.errno = code
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.file, self.errno))
 
 
 class DataError(BeamsideError, ValueError):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import io
 import json
 import os
 import secrets
@@ -37,7 +38,7 @@ import xarray as xr
 
 from ._access import Policy
 from . import _provenance
-from ._errors import AccessDenied
+from ._errors import AccessDenied, NoSpaceError
 from .catalog import CATALOG_ENV, Catalog, current_user
 
 __all__ = ["save"]
@@ -62,34 +63,55 @@ def save(
 
     The file appears under its final name complete or not at all, even if the
     process is killed mid-write; an older file there stays intact until the
-    new one replaces it. Saving the same result twice (Dask may run a task
+    new one replaces it. A full disk (or quota) is a :class:`NoSpaceError`
+    naming the file, with nothing left behind. Saving the same result twice (Dask may run a task
     twice) just replaces the first copy. ``inputs`` are recorded along with
     the source files recorded on ``obj`` (:data:`._provenance.SOURCE`).
     """
     target = destination(path, catalog=catalog)
     ds = _as_dataset(obj).compute()  # before any file exists: a failing task leaves nothing
-    _remove_stale_temps(target)
-    tmp = _create_temp(target)
+    # Built in memory, then written with one plain write: HDF5 meets a full disk while flushing its
+    # caches, where it cannot raise (errors printed and ignored, and closing such a file has crashed
+    # the process, kernel and all); a plain write says ENOSPC, and the temp file goes with it.
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        _write_root(f, target)
+        entry = _group(f, "entry", "NXentry", default="result")
+        _write_result(entry, ds)
+        _write_process(
+            entry,
+            program=program,
+            user=current_user(user),
+            parameters=parameters or {},
+            steps=_steps(ds),
+            inputs=_unique([*_as_list(inputs), *_sources(ds)]),
+        )
     try:
-        with h5py.File(tmp, "w") as f:
-            _write_root(f, target)
-            entry = _group(f, "entry", "NXentry", default="result")
-            _write_result(entry, ds)
-            _write_process(
-                entry,
-                program=program,
-                user=current_user(user),
-                parameters=parameters or {},
-                steps=_steps(ds),
-                inputs=_unique([*_as_list(inputs), *_sources(ds)]),
-            )
-        _fsync_path(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove_stale_temps(target)
+        tmp = _create_temp(target)
+        try:
+            with open(tmp, "wb") as out:
+                out.write(image.getbuffer())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpaceError(
+                f"cannot save {str(target)!r}: no space left in {str(target.parent)!r} (the disk is full or your "
+                f"quota is used up; the result needs {_size(image.getbuffer().nbytes)}). Nothing was written"
+                f"{' and the earlier result there is unchanged' if target.exists() else ''}: free some space or "
+                "save elsewhere", str(target), exc.errno) from None
         raise
-    _fsync_dir(target.parent)
     return target
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
 
 
 # -- where ----------------------------------------------------------------------

@@ -35,6 +35,7 @@ import datetime as _dt
 import getpass
 import os
 import threading
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -101,29 +102,38 @@ class Catalog:
     # -- loading ---------------------------------------------------------------
     @classmethod
     def from_dict(cls, doc: object, source: Path | None = None) -> "Catalog":
-        where = f"catalog {str(source)!r}" if source else "catalog"
+        """The catalog in ``doc`` (as :meth:`load` reads it, or a plain dict), else a
+        :class:`CatalogError` naming ``source`` and, for a file, the line."""
+        refuse = _Refusal(source)
         if not isinstance(doc, dict):
-            raise CatalogError(f"{where}: expected a mapping with 'data_root' and 'beamtimes'")
+            raise refuse("expected a mapping with 'data_root' and 'beamtimes'", doc)
         root = doc.get("data_root")
         if not isinstance(root, str) or not os.path.isabs(root):
-            raise CatalogError(f"{where}: 'data_root' must be an absolute path, got {root!r}")
-        entries = doc.get("beamtimes") or []
+            raise refuse(f"'data_root' must be an absolute path, got {root!r}", doc)
+        if doc.get("beamtimes") is None:  # also a file cut short after its first line: not "nobody reads anything"
+            raise refuse("'beamtimes' is missing: list the beamtimes, or write 'beamtimes: []' for none", doc)
+        entries = doc["beamtimes"]
         if not isinstance(entries, list):
-            raise CatalogError(f"{where}: 'beamtimes' must be a list")
+            raise refuse("'beamtimes' must be a list", doc)
         seen: set[str] = set()
-        beamtimes = []
+        beamtimes, lines = [], {}
         for i, entry in enumerate(entries):
-            bt = _parse_beamtime(entry, Path(root), f"{where}, beamtimes[{i}]")
+            bt = _parse_beamtime(entry, Path(root), f"beamtimes[{i}]", refuse)
             if bt.id in seen:
-                raise CatalogError(f"{where}: beamtime id {bt.id!r} appears twice")
+                raise refuse(f"beamtime id {bt.id!r} appears twice", entry)
             seen.add(bt.id)
             beamtimes.append(bt)
-        _refuse_shared_folders(beamtimes, where)
+            lines[bt.id] = entry
+        _refuse_shared_folders(beamtimes, lambda reason, bt: refuse(reason, lines[bt.id]))
         return cls(Path(root), tuple(beamtimes), source)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> "Catalog":
-        """Read the catalog file (``BEAMSIDE_CATALOG`` when no path is given)."""
+        """Read the catalog file (``BEAMSIDE_CATALOG`` when no path is given).
+
+        Anything wrong with the file is a :class:`CatalogError` with the file and, where the
+        text itself is wrong, the line: never an access decision from a file half read.
+        """
         path = path or os.environ.get(CATALOG_ENV)
         if not path:
             raise CatalogError(
@@ -131,13 +141,22 @@ class Catalog:
             )
         path = Path(path)
         try:
-            text = path.read_text()
+            raw = path.read_bytes()
         except OSError as exc:
-            raise CatalogError(f"catalog {str(path)!r}: cannot read it ({exc.strerror})") from None
+            raise CatalogError(f"cannot read it ({exc.strerror})", file=path) from None
         try:
-            doc = yaml.safe_load(text)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CatalogError("not UTF-8 text", file=path, line=raw[:exc.start].count(b"\n") + 1) from None
+        try:
+            doc = yaml.load(text, Loader=_CatalogLoader)  # a SafeLoader: plain data only
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            problem = ", ".join(str(p) for p in (exc.context, exc.problem) if p)
+            raise CatalogError(f"not valid YAML: {problem} (column {mark.column + 1})" if mark else
+                               f"not valid YAML: {problem}", file=path, line=mark.line + 1 if mark else None) from None
         except yaml.YAMLError as exc:
-            raise CatalogError(f"catalog {str(path)!r}: not valid YAML ({exc})") from None
+            raise CatalogError(f"not valid YAML ({exc})", file=path) from None
         return cls.from_dict(doc, path)
 
     # -- questions -------------------------------------------------------------
@@ -215,21 +234,32 @@ class Catalog:
         raise AccessDenied(f"{text!r} leads outside beamtime {bt.id!r} (to a place user {user!r} may not read)")
 
 
-def _parse_beamtime(entry: object, root: Path, where: str) -> Beamtime:
+class _Refusal:
+    """Makes the :class:`CatalogError` for a part of the document: the file, and the line that
+    part starts on when it was read from one (:class:`_Located`)."""
+
+    def __init__(self, source: Path | None):
+        self.source = source
+
+    def __call__(self, reason: str, part: object = None) -> CatalogError:
+        return CatalogError(reason, file=self.source, line=getattr(part, "line", None))
+
+
+def _parse_beamtime(entry: object, root: Path, where: str, refuse: _Refusal) -> Beamtime:
     if not isinstance(entry, dict):
-        raise CatalogError(f"{where}: expected a mapping")
+        raise refuse(f"{where}: expected a mapping", entry)
     bt_id = entry.get("id")
     if not isinstance(bt_id, str) or not bt_id or "/" in bt_id or bt_id in (".", ".."):
-        raise CatalogError(f"{where}: 'id' must be a non-empty name without '/', got {bt_id!r}")
+        raise refuse(f"{where}: 'id' must be a non-empty name without '/', got {bt_id!r}", entry)
     rel = entry.get("path", bt_id)
     if not isinstance(rel, str) or os.path.isabs(rel) or ".." in PurePosixPath(rel).parts or not rel.strip("./"):
-        raise CatalogError(f"{where} ({bt_id}): 'path' must be relative to data_root without '..', got {rel!r}")
+        raise refuse(f"{where} ({bt_id}): 'path' must be relative to data_root without '..', got {rel!r}", entry)
     members = []
     for j, m in enumerate(entry.get("members") or []):
         if not isinstance(m, dict) or not isinstance(m.get("user"), str):
-            raise CatalogError(f"{where} ({bt_id}), members[{j}]: expected {{user: NAME, role: ROLE}}")
+            raise refuse(f"{where} ({bt_id}), members[{j}]: expected {{user: NAME, role: ROLE}}", m if isinstance(m, dict) else entry)
         who = f"{where} ({bt_id}), members[{j}] ({m['user']})"
-        members.append(Member(m["user"], str(m.get("role", "member")), _parse_until(m.get("until"), who)))
+        members.append(Member(m["user"], str(m.get("role", "member")), _parse_until(m.get("until"), who, refuse, m)))
     return Beamtime(
         id=bt_id,
         title=str(entry.get("title", "")),
@@ -239,7 +269,7 @@ def _parse_beamtime(entry: object, root: Path, where: str) -> Beamtime:
     )
 
 
-def _refuse_shared_folders(beamtimes: list[Beamtime], where: str) -> None:
+def _refuse_shared_folders(beamtimes: list[Beamtime], refuse) -> None:
     """One folder, one beamtime: refuse two beamtimes on the same folder, or one inside another.
 
     Access is "the real path lies in a folder of a beamtime the user reads", so
@@ -251,19 +281,19 @@ def _refuse_shared_folders(beamtimes: list[Beamtime], where: str) -> None:
     by_folder = sorted(((bt.real_path, bt) for bt in beamtimes), key=lambda pair: pair[0].parts)
     for (outer_path, outer), (inner_path, inner) in zip(by_folder, by_folder[1:]):
         if inner_path == outer_path:
-            raise CatalogError(
-                f"{where}: beamtimes {outer.id!r} and {inner.id!r} have the same folder {str(outer_path)!r}; "
-                "give each beamtime its own folder"
+            raise refuse(
+                f"beamtimes {outer.id!r} and {inner.id!r} have the same folder {str(outer_path)!r}; "
+                "give each beamtime its own folder", inner
             )
         if inner_path.is_relative_to(outer_path):
-            raise CatalogError(
-                f"{where}: the folder of beamtime {inner.id!r} ({str(inner_path)!r}) lies inside that of beamtime "
+            raise refuse(
+                f"the folder of beamtime {inner.id!r} ({str(inner_path)!r}) lies inside that of beamtime "
                 f"{outer.id!r} ({str(outer_path)!r}), so members of {outer.id!r} would read {inner.id!r}; "
-                "give each beamtime its own folder, side by side"
+                "give each beamtime its own folder, side by side", inner
             )
 
 
-def _parse_until(value: object, where: str) -> _dt.date | _dt.datetime | None:
+def _parse_until(value: object, where: str, refuse: _Refusal, member: object) -> _dt.date | _dt.datetime | None:
     """A member's ``until``: a date, or a datetime made timezone-aware (naive is UTC).
 
     YAML gives a ``date`` for ``2027-01-31`` and a ``datetime`` for
@@ -284,10 +314,41 @@ def _parse_until(value: object, where: str) -> _dt.date | _dt.datetime | None:
         return value.replace(tzinfo=_dt.timezone.utc) if value.tzinfo is None else value.astimezone(_dt.timezone.utc)
     if isinstance(value, _dt.date):
         return value
-    raise CatalogError(
+    raise refuse(
         f"{where}: 'until' must be a date like 2027-01-31 or a date and time like 2027-01-31T12:00:00 "
-        f"(UTC unless it names a zone), got {value!r}"
+        f"(UTC unless it names a zone), got {value!r}", member
     )
+
+
+class _Located(dict):
+    """A mapping read from the catalog file, with the line it starts on (for the errors)."""
+
+    line: int | None = None
+
+
+class _CatalogLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, except that every mapping remembers its line and a key written twice in
+    one mapping is refused: YAML would keep the last one silently, so a second ``members:`` an
+    admin pasted below the first would replace it."""
+
+
+def _construct_mapping(loader: _CatalogLoader, node: yaml.MappingNode) -> _Located:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # '<<' merges may override, by design
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, Hashable) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{key!r} appears twice in one mapping (first on line {seen[key]})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line + 1
+    loader.flatten_mapping(node)
+    mapping = _Located(loader.construct_mapping(node, deep=True))
+    mapping.line = node.start_mark.line + 1
+    return mapping
+
+
+_CatalogLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 
 
 def current_user(user: str | None = None) -> str:

@@ -118,10 +118,12 @@ def configure_hub(c, runtime: Runtime, python: str) -> None:
     services, roles = [], [
         {"name": "user", "scopes": ["self", GATEWAY_SCOPE]},
         {"name": "server", "scopes": ["users:activity!user", "access:servers!server", GATEWAY_SCOPE]},
-        # Stops servers at shutdown; creates servers and tokens for the admin's tooling. With
-        # OIDC no admin:users: that includes reading users' identity-provider tokens (auth state).
+        # Stops servers at shutdown; has a restarted proxy's routes restored (proxy); creates servers
+        # and tokens for the admin's tooling. With OIDC no admin:users: that includes reading users'
+        # identity-provider tokens (auth state).
         {"name": "beamside-supervisor", "services": [SUPERVISOR],
-         "scopes": ["list:users", "users", "servers", "tokens"] + (["admin:users"] if auth.type == "passwords" else [])},
+         "scopes": ["list:users", "users", "servers", "tokens", "proxy"]
+         + (["admin:users"] if auth.type == "passwords" else [])},
     ]
     services.append({"name": SUPERVISOR, "api_token": secrets["supervisor_token"]})
     if dask.enabled:

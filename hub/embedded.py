@@ -268,6 +268,24 @@ class Supervisor:
         log.close()
         (self.state / "hub.pid").write_text(str(self.hub.pid))
 
+    def restore_routes(self, timeout: float = 30) -> None:
+        """A new proxy knows no routes, and the hub re-adds them only on its activity check (every
+        ``last_activity_interval``, minutes): ask it now (``POST /proxy``, the check itself). Until the
+        new proxy listens the request fails, so it is retried; a hub that is down restores every route
+        when it starts anyway."""
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping and self.proxy.poll() is None:
+            try:
+                restored = self.api("POST", "/proxy").ok
+            except requests.RequestException:  # the hub is not answering (yet)
+                restored = False
+            if restored:
+                return
+            time.sleep(0.3)
+        _say(f"the hub did not restore the proxy's routes in {timeout:.0f} s; it will on its next check")
+
     def api(self, method: str, path: str, **kwargs):
         import requests
 
@@ -323,8 +341,9 @@ class Supervisor:
         while not self.stopping:
             time.sleep(0.5)
             if self.proxy.poll() is not None and not self.stopping:
-                _say(f"the proxy exited ({self.proxy.returncode}); restarting it (the hub restores its routes)")
+                _say(f"the proxy exited ({self.proxy.returncode}); restarting it and its routes")
                 self.start_proxy()
+                self.restore_routes()
             if self.hub.poll() is not None and not self.stopping:
                 _say(f"JupyterHub exited ({self.hub.returncode}); restarting it (user servers keep running)")
                 _end_orphaned_services(self.runtime.addresses.hub_api_url)

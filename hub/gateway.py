@@ -35,7 +35,7 @@ from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.local import LocalBackend, wait_is_shutdown
 from traitlets import Float, Integer, Unicode
 
-from analysis_lib import Policy
+from analysis_lib import CatalogError, Policy
 from analysis_lib.contract import USER_ENV, WORKER_ENV
 
 from . import limits, rootfs, sandbox
@@ -87,6 +87,11 @@ class BeamsideClusters(sandbox.Sandboxed):
                 f"you already run {len(active)} Dask cluster(s), the limit is {self.max_clusters_per_user}; "
                 "shut one down (cluster.shutdown()) or reuse it (gateway.connect(name))"
             )
+        try:
+            self._granted(user.name)
+        except CatalogError as exc:  # fail closed, and tell the user why (dask-gateway hides other errors)
+            raise PublicException(f"no new Dask cluster while the facility's beamtime catalog is broken: {exc}; "
+                                  "please tell the facility (running clusters are not affected)") from None
         return await super().start_cluster(user, cluster_options)
 
     # -- the cluster's folder: root's, with the user's work/ inside -------------------------------
@@ -172,13 +177,20 @@ class BeamsideClusters(sandbox.Sandboxed):
 
     def cluster_must_end(self, cluster, now: float | None = None) -> str | None:
         """Why ``cluster`` may run no longer (None: it may): a beamtime its processes mount was
-        revoked (their mounts are fixed at start), or it is older than ``max_cluster_age``."""
-        now = time.time() if now is None else now
-        if self.max_cluster_age and now - cluster.start_time / 1000 > self.max_cluster_age:
-            return f"older than {self.max_cluster_age:.0f} s (dask.max_age)"
+        revoked (their mounts are fixed at start), or it is older than ``max_cluster_age``.
+        A catalog that cannot be read raises :class:`CatalogError` (after the age check)."""
+        too_old = self._too_old(cluster, now)
+        if too_old:
+            return too_old
         lost = set(cluster.state.get("beamtimes") or ()) - set(self._granted(cluster.username))
         if lost:
             return f"access to {', '.join(sorted(lost))} ended"
+        return None
+
+    def _too_old(self, cluster, now: float | None = None) -> str | None:
+        now = time.time() if now is None else now
+        if self.max_cluster_age and now - cluster.start_time / 1000 > self.max_cluster_age:
+            return f"older than {self.max_cluster_age:.0f} s (dask.max_age)"
         return None
 
     async def setup(self, app):
@@ -198,15 +210,26 @@ class BeamsideClusters(sandbox.Sandboxed):
         while True:
             await asyncio.sleep(self.reconcile_period)
             try:
-                for cluster in self.db.active_clusters():
-                    why = self.cluster_must_end(cluster)
-                    if why:
-                        self.log.warning("stopping cluster %s of %s: %s", cluster.name, cluster.username, why)
-                        await self.stop_cluster(cluster.name, failed=True)
+                await self._reconcile()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a broken catalog must not end the loop; the next round retries
+            except Exception as exc:  # nothing must end the loop; the next round retries
                 self.log.warning("could not check clusters against the catalog: %s", exc)
+
+    async def _reconcile(self) -> None:
+        """One round: end the clusters that may run no longer. With a broken catalog, running clusters
+        keep their beamtimes (as servers do) but the age limit still holds for each of them."""
+        broken = None
+        for cluster in self.db.active_clusters():
+            try:
+                why = self.cluster_must_end(cluster)
+            except CatalogError as exc:
+                why, broken = self._too_old(cluster), exc
+            if why:
+                self.log.warning("stopping cluster %s of %s: %s", cluster.name, cluster.username, why)
+                await self.stop_cluster(cluster.name, failed=True)
+        if broken:
+            self.log.warning("could not check clusters' beamtimes (they keep them until the file is fixed): %s", broken)
 
 
 class BeamsideBackend(BeamsideClusters, LocalBackend):

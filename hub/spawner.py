@@ -26,11 +26,11 @@ import subprocess
 from pathlib import Path
 
 
-from jupyterhub.spawner import LocalProcessSpawner
+from jupyterhub.spawner import LocalProcessSpawner, SpawnException
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets import Unicode
 
-from analysis_lib import Policy
+from analysis_lib import CatalogError, Policy
 from analysis_lib.catalog import load_catalog
 from analysis_lib.contract import DETACHED, MEMORY_LIMIT_ENV
 
@@ -81,11 +81,26 @@ class UserServer(sandbox.Sandboxed):
         return env
 
     def prepare_user(self) -> Account | None:
-        """Before a start: the account and home exist, and the beamtimes granted now are noted."""
+        """Before a start: the catalog reads (else :meth:`refused`), the account and home exist, and
+        the beamtimes granted now are noted."""
+        try:
+            granted = self._granted()
+        except CatalogError as exc:
+            raise self.refused(exc) from None
         account = self._account()
         sandbox.ensure_home(Path(self.homes_dir), self.user.name, account, self.examples_dir or None)
-        self.granted = self._granted()
+        self.granted = granted
         return account
+
+    def refused(self, exc: CatalogError) -> SpawnException:
+        """A start refused because the facility's catalog cannot be read: fail closed, and say on the
+        spawn page which file and line (not a traceback, not "unhandled error"). Running servers keep
+        going (:meth:`poll_access`); the next start after the file is fixed works."""
+        message = (f"Your server cannot start while the facility's beamtime catalog is broken: {exc}. "
+                   "Please tell the facility; servers already running are not affected.")
+        refusal = SpawnException(message, reason="catalog", status_code=503)
+        refusal.jupyterhub_message = message  # the progress page shows this, not the status code
+        return refusal
 
     async def _end_now(self) -> None:
         raise NotImplementedError
@@ -122,8 +137,9 @@ class UserServer(sandbox.Sandboxed):
             lost = set(self.granted) - set(self._granted())
             account = self._account()
             sandbox.write_user_files(load_catalog(self.catalog), account, Path(self.sandboxes_dir))
-        except Exception as exc:  # a broken catalog keeps running servers; new starts refuse
-            self.log.warning("could not check %s's access against the catalog: %s", self.user.name, exc)
+        except Exception as exc:  # a broken catalog keeps running servers and their last view; new starts refuse
+            self.log.warning("could not check %s's access against the catalog (the server keeps its beamtimes "
+                             "and its catalog view until the file is fixed): %s", self.user.name, exc)
             return None
         if not lost:
             return None
@@ -191,7 +207,10 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
             self._group = await asyncio.to_thread(
                 self.fresh_group, account, limits.SERVER, limits.Limit(memory=self.mem_limit or None, cpu=self.cpu_limit or None)
             )
-            self.cmd = self.sandbox_argv(account, group=self._group) + base_cmd
+            try:
+                self.cmd = self.sandbox_argv(account, group=self._group) + base_cmd
+            except CatalogError as exc:  # broken since prepare_user read it
+                raise self.refused(exc) from None
             address = self.user_address(account)
             if address:  # in the user's own network namespace, reached through its link
                 self.ip = address

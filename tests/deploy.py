@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from .hubclient import Hub
@@ -26,6 +27,18 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """``predicate()``'s first true value, asked every half second; the test fails after ``timeout`` s
+    (a deadline, generous on a shared machine, never a timing being tested)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"{what} not seen within {timeout} s")
 
 
 class Deployment:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import pickle
 
 import pytest
 import yaml
@@ -211,3 +212,49 @@ def test_a_symlink_cannot_hide_a_nested_beamtime(tmp_path):
 def test_side_by_side_folders_with_a_common_prefix_are_fine(tmp_path):
     cat = Catalog.from_dict(catalog_of_paths(tmp_path, "p1", "p12", "p1x/sub", "p2/p1"))
     assert ids(cat.beamtimes) == ["bt-0", "bt-1", "bt-2", "bt-3"]
+
+
+# -- the catalog file broken while beamside runs: refused, saying where; fixed, it works again ----
+def _rewrite(path, edit) -> None:
+    """Apply ``edit`` (bytes → bytes) to the file, with a new mtime so the cache sees it whatever the tick."""
+    before = path.stat()
+    path.write_bytes(edit(path.read_bytes()))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 3_000_000_000))
+
+
+@pytest.mark.parametrize("edit, line, words", [
+    (lambda b: b.replace(b"{user: bob, role: pi}", b"{user: bob, role: pi"), 15, "not valid YAML"),
+    (lambda b: b.replace(b"until: 2020-01-31", b"until: someday"), 9, "'until' must be a date"),
+    (lambda b: b.replace(b"    path: p1\n", b"    path: p1\n    path: p3\n"), 6, "'path' appears twice"),
+    (lambda b: b.split(b"\n", 1)[0] + b"\n", 1, "'beamtimes' is missing"),  # a copy cut short
+    (lambda b: b.replace(b"title: industrial", b"title: industri\xe9l"), 16, "not UTF-8"),
+    (lambda b: b"", None, "expected a mapping"),
+])
+def test_a_broken_catalog_refuses_naming_file_and_line_until_fixed(facility, edit, line, words):
+    good = facility.read_bytes()
+    assert ids(al.beamtimes("alice", catalog=str(facility))) == ["bt-1"]  # cached while good
+    _rewrite(facility, edit)
+    for ask in (lambda: al.beamtimes("alice", catalog=str(facility)),
+                lambda: al.resolve("bt-1/raw/scan.nxs", user="alice", catalog=str(facility)),
+                lambda: al.open("bt-1/raw/scan.nxs", user="alice", catalog=str(facility))):
+        with pytest.raises(al.CatalogError, match=words) as err:
+            ask()
+        assert err.value.file == str(facility) and err.value.line == line
+        assert str(err.value).startswith(f"catalog {str(facility)!r}" + (f", line {line}: " if line else ": "))
+        assert pickle.loads(pickle.dumps(err.value)).line == line  # as it comes back from a Dask worker
+    _rewrite(facility, lambda _: good)
+    assert ids(al.beamtimes("alice", catalog=str(facility))) == ["bt-1"]
+
+
+@pytest.mark.parametrize("replace", [os.remove, lambda p: (os.remove(p), os.mkdir(p))])
+def test_an_unreadable_catalog_refuses_naming_the_file(facility, replace):
+    good = facility.read_bytes()
+    assert ids(al.beamtimes("alice", catalog=str(facility))) == ["bt-1"]
+    replace(facility)
+    with pytest.raises(al.CatalogError, match="cannot read it") as err:
+        al.beamtimes("alice", catalog=str(facility))
+    assert err.value.file == str(facility)
+    if facility.is_dir():
+        facility.rmdir()
+    facility.write_bytes(good)
+    assert ids(al.beamtimes("alice", catalog=str(facility))) == ["bt-1"]

@@ -24,7 +24,7 @@ import pytest
 
 from beamside_hub import auth
 
-from .deploy import Deployment
+from .deploy import Deployment, wait_for
 from .hubclient import Kernel
 from .test_hub import ok, outcome
 
@@ -271,7 +271,7 @@ h5py.File({files[1]!r}, "r").close()      # h5py straight
         hits = {e["path"]: e for e in _audit_entries(demo) if e.get("via") == "open" and e.get("user") == "alice"}
         return all(f in hits for f in files) and hits
 
-    hits = _wait(seen, 20, "kernel-recorded opens of alice's files")
+    hits = wait_for(seen, 20, "kernel-recorded opens of alice's files")
     assert {hits[f]["beamtime"] for f in files} == {"bt-1001"}
 
 
@@ -397,16 +397,6 @@ def test_a_facility_catalog_gets_no_demo_users_and_no_admin(facility):
     assert not {"alice", "bob", "carol", "admin"} & {u["name"] for u in users}
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"{what} not seen within {timeout} s")
-
-
 def test_revoked_access_reaches_running_servers_and_clusters(facility):
     facility.hub.spawn("bob")
     facility.hub.spawn("alice")
@@ -434,16 +424,16 @@ print(c.name)
         def bob_stopped():
             return not facility.hub.api("GET", "/users/bob").json()["servers"]
 
-        _wait(bob_stopped, 60, "bob's server stopping")
+        wait_for(bob_stopped, 60, "bob's server stopping")
         # alice keeps her server, and her running sandbox reads the new catalog
-        _wait(lambda: "renamed" in ok(alice, "print(open(__import__('os').environ['BEAMSIDE_CATALOG']).read())"),
+        wait_for(lambda: "renamed" in ok(alice, "print(open(__import__('os').environ['BEAMSIDE_CATALOG']).read())"),
               30, "the new catalog inside alice's sandbox")
         token = facility.hub.token("bob", scopes=["access:services!service=dask-gateway"])
         from dask_gateway import Gateway, JupyterHubAuth
 
         proxy = f"gateway://127.0.0.1:{facility.runtime['settings']['dask']['scheduler_port']}"
         with Gateway(f"{facility.url}/services/dask-gateway", proxy_address=proxy, auth=JupyterHubAuth(token)) as gw:
-            _wait(lambda: cluster not in {c.name for c in gw.list_clusters()}, 60, "bob's detached cluster stopping")
+            wait_for(lambda: cluster not in {c.name for c in gw.list_clusters()}, 60, "bob's detached cluster stopping")
         facility.hub.spawn("bob")
         again = Kernel(facility.url, "bob", facility.hub.token("bob"))
         try:

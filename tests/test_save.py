@@ -1,12 +1,14 @@
 """Tests of ``save``: real files written under tmp_path and read back with h5py.
 
 The atomicity test kills a real writer process with SIGKILL mid-write; the
-beamtime-data refusal uses a real catalog file and a real symlink.
+beamtime-data refusal uses a real catalog file and a real symlink; the full
+disk is a real small file system (tmpfs, mounted as root).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import signal
@@ -21,6 +23,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+import analysis_lib as al
 from analysis_lib import _save
 from analysis_lib._errors import AccessDenied
 from analysis_lib._save import save
@@ -423,3 +426,48 @@ def test_failure_during_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.nxs"]
     with h5py.File(existing, "r") as f:
         np.testing.assert_array_equal(f["entry/result/old"][()], [5.0, 5.0, 5.0])
+
+
+# -- a full disk ------------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB file system (tmpfs) of the test's own, unmounted afterwards."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def _free_bytes(folder) -> int:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root (CI runs as root)")
+def test_full_disk_is_a_clear_error_and_keeps_the_earlier_result(small_disk):
+    target = small_disk / "azimuthal.nxs"
+    save(_small_result("old", 7.0), target)
+    (small_disk / "filler").write_bytes(os.urandom(_free_bytes(small_disk) - (256 << 10)))  # 256 KiB left
+    free = _free_bytes(small_disk)
+    big = xr.DataArray(np.random.default_rng(1).random(1 << 17), dims="x", name="new")  # 1 MiB, gzip cannot shrink it
+
+    with pytest.raises(al.NoSpaceError, match="no space") as err:
+        save(big, target)
+    assert str(target) in str(err.value) and err.value.file == str(target)
+    assert err.value.errno == errno.ENOSPC and isinstance(err.value, OSError)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["azimuthal.nxs", "filler"]  # no temp file
+    assert _free_bytes(small_disk) == free  # and no space held by one deleted but still open
+    with h5py.File(target, "r") as f:
+        np.testing.assert_array_equal(f["entry/result/old"][()], [7.0, 7.0, 7.0])
+
+    with pytest.raises(al.NoSpaceError, match="no space"):  # a new name: nothing of it appears
+        save(big, small_disk / "fresh.nxs")
+    assert sorted(p.name for p in small_disk.iterdir()) == ["azimuthal.nxs", "filler"]
+
+    (small_disk / "filler").unlink()  # space freed: the same call now works
+    save(big, target)
+    with h5py.File(target, "r") as f:
+        np.testing.assert_array_equal(f["entry/result/new"][()], big.values)

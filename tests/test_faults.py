@@ -1,0 +1,118 @@
+"""Faults that lose nothing, on a real embedded deployment: a catalog file broken while beamside
+runs, and the public proxy killed outright.
+
+One `beamside up` serves the module (free ports on 127.0.0.1, stopped by PID at the end), with
+access checked every 2 s so that a broken catalog meets the servers' polls and the gateway's
+reconcile loop within the test. Users come from the demo catalog: alice (bt-1001), bob (bt-1001
+and bt-1002).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+import requests
+
+from .deploy import Deployment, wait_for
+from .hubclient import Kernel
+from .test_hub import login, ok, outcome
+
+CHECK_EVERY = 2  # singleuser.access_check_every of this deployment (s)
+DEADLINE = 90  # generous: the machine is shared
+
+
+@pytest.fixture(scope="module")
+def dep():
+    folder = Path(tempfile.mkdtemp(dir="/tmp", prefix="beamside-faults-"))
+    os.chmod(folder, 0o755)  # user accounts pass through to their homes
+    deployment = Deployment(folder, {"culler": {"enabled": False},
+                                     "singleuser": {"access_check_every": CHECK_EVERY}})
+    deployment.start()
+    yield deployment
+    deployment.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def alice(dep):
+    dep.hub.spawn("alice")
+    kernel = Kernel(dep.url, "alice", dep.hub.token("alice"))
+    yield kernel
+    kernel.close()
+
+
+OPEN_SCAN = """
+import analysis_lib as al
+res = {"frames": dict(al.open("bt-1001/raw/scan_0001.nxs").sizes),
+       "view": open(__import__("os").environ["BEAMSIDE_CATALOG"]).read()}
+"""
+
+NEW_CLUSTER = """
+from dask_gateway import Gateway
+try:
+    Gateway().new_cluster().shutdown()
+    res = {"error": None}
+except Exception as exc:
+    res = {"error": str(exc)}
+"""
+
+
+def test_a_broken_catalog_refuses_new_servers_and_clusters_and_keeps_running_ones(dep, alice):
+    catalog = Path(dep.runtime["paths"]["catalog"])
+    good = catalog.read_bytes()
+    before = outcome(alice, OPEN_SCAN)
+    assert "bt-1001" in before["view"] and "bt-1002" not in before["view"]
+    log_start = len(dep.hub_log())
+    broken_line = len(good.decode().splitlines()) + 1
+    try:
+        # An edit gone wrong: plain YAML would keep this second 'beamtimes' and nobody would read anything.
+        catalog.write_bytes(good + b"beamtimes: []\n")
+        # A new server is refused on the spawn page, saying which file and line; no traceback.
+        bob = login(dep, "bob", dep.logins["bob"])
+        page = bob.get(f"{dep.url}/hub/spawn", timeout=60)
+        assert page.status_code == 503, page.text[:2000]
+        assert str(catalog) in page.text and f"line {broken_line}" in page.text, page.text[:3000]
+        assert "Traceback" not in page.text and "Unhandled error" not in page.text
+        assert not dep.hub.api("GET", "/users/bob").json()["servers"]
+        # Running servers are polled against the broken file (every CHECK_EVERY s) and keep going:
+        # their beamtimes, their catalog view as it was (not wider, not empty), al.open working.
+        wait_for(lambda: "could not check alice's access" in dep.hub_log()[log_start:], DEADLINE,
+                 "a poll of alice's server meeting the broken catalog")
+        during = outcome(alice, OPEN_SCAN)
+        assert during == before
+        # No new Dask cluster either, with the reason from the gateway.
+        refused = outcome(alice, NEW_CLUSTER)["error"]
+        assert refused and "catalog is broken" in refused and str(catalog) in refused, refused
+        assert dep.hub.api("GET", "/users/alice").json()["servers"][""]["ready"]
+    finally:
+        catalog.write_bytes(good)
+    # Fixed, and without a restart: bob's server starts, alice's is as it was.
+    dep.hub.spawn("bob")
+    assert outcome(alice, OPEN_SCAN) == before
+    dep.hub.stop("bob")
+
+
+def test_a_killed_proxy_comes_back_with_the_routes_to_running_servers(dep, alice):
+    pid_file = Path(dep.folder) / "state" / "proxy.pid"
+    old = int(pid_file.read_text())
+    token = dep.hub.token("alice")
+    status = f"{dep.url}/user/alice/api/status"
+
+    def reachable() -> bool:
+        try:
+            r = requests.get(status, headers={"Authorization": f"token {token}"}, timeout=5)
+        except requests.RequestException:
+            return False
+        return r.status_code == 200 and "kernels" in r.json()
+
+    assert reachable()
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: pid_file.read_text().strip() not in ("", str(old)), DEADLINE, "a new proxy")
+    wait_for(reachable, DEADLINE, "alice's server reachable through the public URL again")
+    alice._connect()  # the old websocket went with the old proxy; the kernel itself kept running
+    assert ok(alice, "print(6 * 7)").strip() == "42"
