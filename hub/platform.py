@@ -50,6 +50,7 @@ class Platform:
 
     name = ""
     runs_gateway_service = True  # the hub starts dask-gateway as a managed service
+    queues_starts = False  # True: the spawner queues starts (JupyterHub's concurrent_spawn_limit is off)
 
     def configure_servers(self, c, runtime: Runtime, env: dict) -> None:
         """Set the spawner class and its traits on ``c``; add to ``env`` what user servers need."""
@@ -77,6 +78,7 @@ class LocalPlatform(Platform):
     spawner_class = "beamside_hub.spawner.BeamsideSpawner"
     backend_class = "beamside_hub.gateway.BeamsideBackend"
     can_have_private_network = True  # users' processes in network namespaces of their own (needs root where they run)
+    queues_starts = True  # starts beyond hub.concurrent_spawn_limit wait in the spawner's queue (beamside_hub.start_queue)
 
     @classmethod
     def internal_ip(cls, settings: Settings, private_network: bool) -> str:
@@ -111,6 +113,8 @@ class LocalPlatform(Platform):
         sp = getattr(c, self.spawner_class.rsplit(".", 1)[1])
         self.sandboxes(sp, runtime)
         sp.examples_dir = paths.examples
+        if self.queues_starts:
+            sp.start_slots = runtime.settings.hub.concurrent_spawn_limit
         sp.logs_dir = os.path.join(paths.state, "logs", "users")
         sp.gateway_api_url = f"{a.gateway_url}{GATEWAY_PREFIX}/api" if runtime.settings.dask.enabled else ""
         c.Spawner.cmd = [os.path.join(venv_bin, "jupyterhub-singleuser")]
@@ -193,6 +197,7 @@ class SlurmPlatform(LocalPlatform):
     spawner_class = "beamside_hub.slurm.BeamsideSlurmSpawner"
     backend_class = "beamside_hub.slurm_gateway.BeamsideSlurmBackend"
     can_have_private_network = False
+    queues_starts = False  # a server's start is a job in SLURM's own queue (shown on the spawn page)
 
     @classmethod
     def internal_ip(cls, settings: Settings, private_network: bool) -> str:

@@ -19,6 +19,7 @@ that root creates on a file descriptor of its own logs folder.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -27,8 +28,9 @@ from pathlib import Path
 
 
 from jupyterhub.spawner import LocalProcessSpawner, SpawnException
+from jupyterhub.utils import wait_for_http_server
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-from traitlets import Unicode
+from traitlets import Integer, Unicode
 
 from analysis_lib import CatalogError, Policy
 from analysis_lib.catalog import load_catalog
@@ -36,6 +38,7 @@ from analysis_lib.contract import DETACHED, MEMORY_LIMIT_ENV
 
 from . import limits, rootfs, sandbox
 from .accounts import Account, ensure_account
+from .start_queue import StartQueue
 
 
 class UserServer(sandbox.Sandboxed):
@@ -176,7 +179,10 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
     user's cgroups (:mod:`beamside_hub.limits`), which keep ``mem_limit`` and ``cpu_limit``
     (JupyterHub's local spawner only passes them on)."""
 
+    start_slots = Integer(0, config=True, help="How many servers start at once; the others wait in order, "
+                          "seeing their place (0: no queue). beamside turns JupyterHub's concurrent_spawn_limit off for it.")
     _group: limits.Group | None = None  # the server's cgroup while it starts
+    _queue: StartQueue | None = None  # the hub's start queue (one per hub process)
 
     def make_preexec_fn(self, name):
         account = self._account()
@@ -196,8 +202,57 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
             env[MEMORY_LIMIT_ENV] = str(limit)
         return env
 
-    # -- start -----------------------------------------------------------------------
+    # -- start: a turn in the start queue, then the sandbox --------------------------------
+    @property
+    def start_queue(self) -> StartQueue:
+        """The hub's one queue of starts (made with the first spawner)."""
+        if BeamsideSpawner._queue is None or BeamsideSpawner._queue.slots != self.start_slots:
+            BeamsideSpawner._queue = StartQueue(self.start_slots)
+        return BeamsideSpawner._queue
+
+    async def run_pre_spawn_hook(self):
+        """Wait for a turn to start (JupyterHub calls this before ``start``, outside its
+        ``start_timeout``: waiting in line is not a slow start)."""
+        queue = self.start_queue
+        if queue.full():
+            self.log.info("%s waits to start: %d ahead (%d start at once)", self._log_name, len(queue.waiting()),
+                          queue.slots)
+        await queue.wait_turn(self._log_name)
+        result = super().run_pre_spawn_hook()
+        if inspect.isawaitable(result):
+            await result
+
+    async def progress(self):
+        """While waiting in line, the spawn page shows the place and an estimate (each change once)."""
+        told = None
+        while (message := self.start_queue.message(self._log_name)) is not None:
+            if message != told:
+                yield {"progress": 5, "message": message}
+                told = message
+            await asyncio.sleep(1)
+
     async def start(self):
+        started = False
+        try:
+            ip_port = await self._start_in_sandbox()
+            await self._until_it_answers(*ip_port)
+            started = True
+            return ip_port
+        finally:  # the turn ends when the server answers (its start's CPU is spent) or fails
+            self.start_queue.end_turn(self._log_name, started=started)
+
+    async def _until_it_answers(self, ip: str, port: int) -> None:
+        """Wait until the new server answers HTTP (then JupyterHub's own wait is short), or exits."""
+        url = f"http://{ip}:{port}{self.server.base_url if self.server else '/'}"
+        deadline = asyncio.get_running_loop().time() + self.http_timeout
+        while asyncio.get_running_loop().time() < deadline and await self.poll() is None:
+            try:
+                await wait_for_http_server(url, timeout=1)
+                return
+            except (TimeoutError, asyncio.TimeoutError):
+                continue
+
+    async def _start_in_sandbox(self):
         account = self.prepare_user()
         base_cmd, base_popen = list(self.cmd), dict(self.popen_kwargs)
         log_fd = self._open_log(account)
@@ -245,6 +300,7 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
         await self._signal(signal.SIGKILL)
 
     async def stop(self, now=False):
+        self.start_queue.end_turn(self._log_name, started=False)  # a start given up while holding a turn
         pid = self.pid
         await super().stop(now=now)
         # The sandbox's outer process may go first; whatever is left of the group goes now.

@@ -18,7 +18,8 @@ class Hub:
         self.headers = {"Authorization": f"token {token}"}
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
-        return requests.request(method, f"{self.url}/hub/api{path}", headers=self.headers, timeout=30, **kwargs)
+        kwargs.setdefault("timeout", 30)
+        return requests.request(method, f"{self.url}/hub/api{path}", headers=self.headers, **kwargs)
 
     def spawn(self, user: str, timeout: float = 180, **options) -> float:
         """Start ``user``'s server (with the spawner's ``options``, if any) and wait until it is

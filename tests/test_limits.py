@@ -38,6 +38,7 @@ def dep():
     d = Deployment(folder, {
         "singleuser": {"mem_limit": "1G", "cpu_limit": 1.0},
         "limits": {"memory": "4 G", "cpu": 1.5, "processes": 300},
+        "hub": {"concurrent_spawn_limit": 1},  # one start at a time: the others queue
         "culler": {"enabled": False},
     }).start()
     yield d
@@ -218,6 +219,38 @@ print(cluster.name)
         time.sleep(0.3)
     assert not group.memory_folder.exists()
     assert not any(alive(p) for p in pids)
+
+
+def _progress(dep, user: str) -> list[dict]:
+    """The spawn's progress events, as the spawn page gets them, until ready or failed."""
+    events = []
+    with dep.hub.api("GET", f"/users/{user}/server/progress", stream=True, timeout=300) as r:
+        for line in r.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+                if events[-1].get("ready") or events[-1].get("failed"):
+                    break
+    return events
+
+
+def test_a_burst_of_starts_queues_and_shows_each_user_her_place(dep, alice):
+    """With one start at a time, three users at once: none is turned away (no HTTP 429), the last
+    sees how many are ahead, all get their server."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    users = ["bob", "carol", "admin"]
+    for user in users:
+        dep.hub.api("POST", f"/users/{user}")
+    with ThreadPoolExecutor(len(users)) as pool:
+        codes = list(pool.map(lambda u: dep.hub.api("POST", f"/users/{u}/server").status_code, users))
+        assert all(code in (201, 202) for code in codes), codes
+        progress = dict(zip(users, pool.map(lambda u: _progress(dep, u), users)))
+    waited = [u for u, events in progress.items() if any("Waiting for a free slot" in e.get("message", "") for e in events)]
+    assert waited, progress
+    assert all(events[-1].get("ready") for events in progress.values()), progress
+    for user in users:
+        assert dep.hub.api("GET", f"/users/{user}").json()["servers"][""]["ready"]
+        dep.hub.stop(user)
 
 
 def test_a_stopped_server_leaves_no_group(dep, alice):
