@@ -26,7 +26,6 @@ import signal
 import subprocess
 from pathlib import Path
 
-
 from jupyterhub.spawner import LocalProcessSpawner, SpawnException
 from jupyterhub.utils import wait_for_http_server
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -249,7 +248,7 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
             try:
                 await wait_for_http_server(url, timeout=1)
                 return
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 continue
 
     async def _start_in_sandbox(self):
