@@ -10,6 +10,11 @@ quiet_pip() {  # this machine's pip config names local indexes that may not exis
 [ -x "$VENV/bin/python" ] || "$PYTHON_SYS" -m venv "$VENV"
 quiet_pip install -q -U pip
 quiet_pip install -q -e '.[dev]'
+# jsonschema imports rfc3987-syntax at import time (pulled in by jupyter-events' jsonschema[format-nongpl]),
+# which compiles ~35 Lark parsers: measured 3.3 of the ~7 CPU-seconds of every notebook server start here
+# (jupyter-server #1559, jsonschema #1428; no Jupyter schema uses the iri formats it checks, and jsonschema
+# skips them without it). Removed after every install, since pip brings it back.
+quiet_pip uninstall -y -q rfc3987-syntax 2>/dev/null || true
 "$VENV/bin/python" -c 'import analysis_lib, h5py, hdf5plugin, pyFAI, dask.distributed'
 
 # The reference configurable-http-proxy (node), into an ignored tooling folder.
