@@ -383,7 +383,7 @@ def _role(cmdline: list[str], pid: int, dep) -> str:
     return "other"
 
 
-def deployment_memory(dep, users: list[str]) -> dict:
+def deployment_memory(dep) -> dict:
     """RSS and PSS of the deployment's own processes: ``beamside up`` and every root process below it."""
     import psutil
 
@@ -414,7 +414,7 @@ def memory_phase(dep, users: list[str], settle: float) -> dict:
             time.sleep(2)
     samples.sort(key=lambda m: m["rss_per_user"])
     out = samples[1]
-    out["deployment"] = deployment_memory(dep, users)
+    out["deployment"] = deployment_memory(dep)
     return out
 
 
