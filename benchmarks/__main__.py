@@ -153,17 +153,23 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def machine_info() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    import h5py
-
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo where there is one."""
     model = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as fh:
             model = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    return model
+
+
+def machine_info() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import h5py
+
+    model = cpu_model()
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     except (ValueError, OSError):
