@@ -36,7 +36,7 @@ from analysis_lib.catalog import load_catalog
 from analysis_lib.contract import DETACHED, MEMORY_LIMIT_ENV
 
 from . import limits, rootfs, sandbox
-from .accounts import Account, ensure_account
+from .accounts import Account, ensure_account, unix_name
 from .start_queue import StartQueue
 
 
@@ -193,6 +193,19 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
 
             return preexec
         return self.preexec_for(account, str(self.home), self._group)
+
+    def load_state(self, state):
+        """When the hub (re)starts it loads every user's spawner: one with no server on record whose
+        server cgroup still holds processes was started by a hub killed before it could record it
+        (SIGKILL mid-start). Nobody can reach or stop that server: it is ended here."""
+        super().load_state(state)
+        if not self.pid and self.isolate:
+            cgroups = limits.Cgroups.detect()
+            group = cgroups.group(unix_name(self.user.name), limits.SERVER) if cgroups else None
+            if group is not None and group.pids():
+                self.log.warning("ending the server of %s that a hub killed mid-start left unrecorded", self.user.name)
+                group.remove()
+                cgroups.remove_user_if_empty(unix_name(self.user.name))
 
     def get_env(self):
         env = super().get_env()

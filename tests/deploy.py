@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -93,6 +94,22 @@ class Deployment:
     @property
     def logins(self) -> dict:
         return self.runtime.get("demo_logins", {})
+
+    def processes_of(self, user: str) -> list:
+        """The running processes of ``user``'s Unix account that belong to this deployment (the
+        account may also run another deployment's: they share the machine's accounts)."""
+        import psutil
+
+        from beamside_hub.accounts import unix_name
+
+        uid, here = pwd.getpwnam(unix_name(user)).pw_uid, str(self.folder)
+        found = []
+        for p in psutil.process_iter(["uids", "cmdline", "cwd", "status"]):
+            info = p.info
+            if (info["uids"] and info["uids"].real == uid and info["status"] != psutil.STATUS_ZOMBIE
+                    and here in f"{info['cwd']} {' '.join(info['cmdline'] or [])}"):
+                found.append(p)
+        return found
 
     @property
     def hub_pid(self) -> int:

@@ -1,5 +1,6 @@
 """Faults that lose nothing, on a real embedded deployment: a catalog file broken while beamside
-runs, and the public proxy killed outright.
+runs, the public proxy killed outright, the hub killed during a burst of starts, a user's Dask
+scheduler dying.
 
 One `beamside up` serves the module (free ports on 127.0.0.1, stopped by PID at the end), with
 access checked every 2 s so that a broken catalog meets the servers' polls and the gateway's
@@ -20,7 +21,7 @@ import requests
 
 from .deploy import Deployment, wait_for
 from .hubclient import Kernel
-from .test_hub import login, ok, outcome
+from .test_hub import _hub_comes_back, login, ok, outcome
 
 CHECK_EVERY = 2  # singleuser.access_check_every of this deployment (s)
 DEADLINE = 90  # generous: the machine is shared
@@ -116,3 +117,87 @@ def test_a_killed_proxy_comes_back_with_the_routes_to_running_servers(dep, alice
     wait_for(reachable, DEADLINE, "alice's server reachable through the public URL again")
     alice._connect()  # the old websocket went with the old proxy; the kernel itself kept running
     assert ok(alice, "print(6 * 7)").strip() == "42"
+
+
+def test_a_hub_killed_during_a_burst_of_starts_leaves_every_server_running_or_cleanly_stopped(dep, alice):
+    """SIGKILL while three servers start: after the supervisor's restart each of them is either
+    ready and reachable, or stopped with no process of it left (none orphaned); alice's keeps going."""
+    import threading
+    import time
+
+    users = ["bob", "carol", "admin"]
+    for user in users:
+        dep.hub.api("POST", f"/users/{user}")
+
+    def start(user):
+        try:
+            dep.hub.api("POST", f"/users/{user}/server", timeout=60)
+        except requests.RequestException:  # the hub died under the request
+            pass
+
+    threads = [threading.Thread(target=start, args=(u,)) for u in users]
+    [t.start() for t in threads]
+    wait_for(lambda: any(dep.processes_of(u) for u in users), DEADLINE, "a server process starting")
+    time.sleep(1)  # some sandboxes made, some servers not answering yet
+    old = dep.hub_pid
+    os.kill(old, signal.SIGKILL)
+    [t.join() for t in threads]
+    _hub_comes_back(dep, old)
+
+    seen = {}
+
+    def settled(user):
+        server = dep.hub.api("GET", f"/users/{user}").json()["servers"].get("")
+        left = [" ".join(p.cmdline())[:120] for p in dep.processes_of(user)]
+        seen[user] = (server, left)
+        if server is None:
+            return not left  # stopped: nothing of it left
+        return server.get("ready") and not server.get("pending")
+
+    for user in users:
+        try:
+            wait_for(lambda: settled(user), DEADLINE, f"{user}'s server ready or cleanly stopped")
+        except pytest.fail.Exception:
+            pytest.fail(f"{user}'s server neither ready nor cleanly stopped: {seen.get(user)}\n{dep.hub_log()[-3000:]}")
+        if dep.hub.api("GET", f"/users/{user}").json()["servers"].get(""):
+            token = dep.hub.token(user)
+            r = requests.get(f"{dep.url}/user/{user}/api/status", headers={"Authorization": f"token {token}"}, timeout=30)
+            assert r.status_code == 200, (user, r.status_code)
+        dep.hub.stop(user)
+        wait_for(lambda: not dep.processes_of(user), DEADLINE, f"{user}'s processes gone after stopping")
+    alice._connect()
+    assert ok(alice, "print(6 * 7)").strip() == "42"
+
+
+def test_a_dead_scheduler_is_a_clear_error_and_a_new_cluster_works(alice):
+    res = outcome(alice, """
+import os, time
+from dask_gateway import Gateway
+gw = Gateway()
+doomed = gw.new_cluster(); doomed.scale(1)
+client = doomed.get_client(); client.wait_for_workers(1, timeout=180)
+name = doomed.name
+try:
+    client.run_on_scheduler(os._exit, 1)  # the scheduler process ends under the call
+except Exception:
+    pass
+t0 = time.time()
+try:
+    client.submit(sum, [1, 2]).result(timeout=120)
+    error = None
+except Exception as exc:
+    error = f"{type(exc).__name__}: {exc}"
+waited = time.time() - t0
+deadline = time.time() + 60
+while name in [c.name for c in gw.list_clusters()] and time.time() < deadline:
+    time.sleep(0.5)
+listed = name in [c.name for c in gw.list_clusters()]
+client.close()
+fresh = gw.new_cluster(); fresh.scale(1)
+c2 = fresh.get_client(); c2.wait_for_workers(1, timeout=180)
+res = {"error": error, "waited": waited, "still_listed": listed, "fresh": c2.submit(sum, [1, 2]).result(timeout=120)}
+c2.close(); fresh.shutdown()
+""")
+    assert res["error"] is not None and res["waited"] < 120, res
+    assert res["still_listed"] is False and res["fresh"] == 3, res
+    print("dead scheduler:", res)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import tempfile
 import time
@@ -66,16 +65,6 @@ def groups():
     return Cgroups.detect()
 
 
-def processes_of(dep, user: str) -> list[psutil.Process]:
-    """The user's processes of this deployment (the account may run others': another deployment's)."""
-    uid, here = pwd.getpwnam(unix_name(user)).pw_uid, str(dep.folder)
-    found = []
-    for p in psutil.process_iter(["uids", "cmdline", "cwd"]):
-        if p.info["uids"] and p.info["uids"].real == uid and here in f"{p.info['cwd']} {' '.join(p.info['cmdline'] or [])}":
-            found.append(p)
-    return found
-
-
 def alive(pid: int) -> bool:
     """Running (a zombie its parent has not reaped yet has ended)."""
     try:
@@ -107,7 +96,7 @@ def test_the_banner_says_what_keeps_the_limits(dep):
 def test_every_process_of_the_user_is_in_her_group_with_her_limits(dep, alice):
     account = unix_name("alice")
     ok(alice, "import analysis_lib as al")
-    mine = processes_of(dep, "alice")
+    mine = dep.processes_of("alice")
     assert mine, "alice runs no process"
     where = {(p.pid, " ".join(p.cmdline())[:80]): memory_group_of(p.pid) for p in mine}
     assert all(path == f"/beamside/{account}/{SERVER}" for path in where.values()), where
