@@ -99,7 +99,6 @@ class Deployment:
         """The running processes of ``user``'s Unix account that belong to this deployment (the
         account may also run another deployment's: they share the machine's accounts)."""
         import psutil
-
         from beamside_hub.accounts import unix_name
 
         uid, here = pwd.getpwnam(unix_name(user)).pw_uid, str(self.folder)

@@ -156,7 +156,7 @@ def test_a_hub_killed_during_a_burst_of_starts_leaves_every_server_running_or_cl
 
     for user in users:
         try:
-            wait_for(lambda: settled(user), DEADLINE, f"{user}'s server ready or cleanly stopped")
+            wait_for(lambda u=user: settled(u), DEADLINE, f"{user}'s server ready or cleanly stopped")
         except pytest.fail.Exception:
             pytest.fail(f"{user}'s server neither ready nor cleanly stopped: {seen.get(user)}\n{dep.hub_log()[-3000:]}")
         if dep.hub.api("GET", f"/users/{user}").json()["servers"].get(""):
@@ -164,7 +164,7 @@ def test_a_hub_killed_during_a_burst_of_starts_leaves_every_server_running_or_cl
             r = requests.get(f"{dep.url}/user/{user}/api/status", headers={"Authorization": f"token {token}"}, timeout=30)
             assert r.status_code == 200, (user, r.status_code)
         dep.hub.stop(user)
-        wait_for(lambda: not dep.processes_of(user), DEADLINE, f"{user}'s processes gone after stopping")
+        wait_for(lambda u=user: not dep.processes_of(u), DEADLINE, f"{user}'s processes gone after stopping")
     alice._connect()
     assert ok(alice, "print(6 * 7)").strip() == "42"
 
