@@ -76,6 +76,37 @@ def _local_client(workers, cores, memory):
     return Client(local, set_as_default=True)
 
 
+def _on_cluster(client, objs, progress: bool):
+    """``objs`` computed on ``client``'s cluster; a cluster lost meanwhile is a :class:`ClusterLost`
+    saying so (Dask itself says "cancelled for reason: unknown", half a minute later)."""
+    from distributed import progress as show
+    from distributed.client import FutureCancelledError
+    from distributed.comm import CommClosedError
+
+    from ._errors import ClusterLost
+
+    futures = client.compute(list(objs))
+    if progress:
+        show(futures, notebook=None)
+    try:
+        return client.gather(futures)
+    except (FutureCancelledError, CommClosedError, OSError) as exc:
+        if client.status == "running" and _scheduler_answers(client):
+            raise
+        raise ClusterLost(
+            f"the Dask cluster this ran on is gone (its scheduler {client.scheduler.address} stopped or cannot be "
+            "reached), and its results with it: start a new cluster with al.cluster() and run this again"
+        ) from exc
+
+
+def _scheduler_answers(client) -> bool:
+    try:
+        client.scheduler_info()  # asks the scheduler (a dead one: the comm error)
+        return True
+    except Exception:  # noqa: BLE001 - any failure to answer means the cluster is gone
+        return False
+
+
 def compute(*objs, progress: bool = True):
     """Compute lazy results, showing progress: a widget in notebooks, a bar in terminals.
 
@@ -89,12 +120,7 @@ def compute(*objs, progress: bool = True):
     except (ImportError, ValueError):
         client = None
     if client is not None:
-        futures = client.compute(list(objs))
-        if progress:
-            from distributed import progress as show
-
-            show(futures, notebook=None)
-        results = client.gather(futures)
+        results = _on_cluster(client, objs, progress)
     elif progress:
         from tqdm.auto import tqdm
         from tqdm.dask import TqdmCallback

@@ -59,6 +59,11 @@ class NoSpaceError(BeamsideError, OSError):
         return (type(self), (str(self), self.file, self.errno))
 
 
+class ClusterLost(BeamsideError, RuntimeError):
+    """The Dask cluster a computation ran on is gone (its scheduler stopped or cannot be reached):
+    nothing of that computation is coming back; a new cluster (``al.cluster()``) can run it again."""
+
+
 class DataError(BeamsideError, ValueError):
     """A file cannot be read as the data it claims to be.
 

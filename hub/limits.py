@@ -4,12 +4,12 @@ JupyterHub's ``mem_limit`` and ``cpu_limit`` are promises a spawner may keep; th
 does not, so without this one user's kernel could take the machine's memory or its cores from
 everyone else. Here the kernel's own controllers keep them:
 
-    beamside/<account>/            everything of one user: memory (limits.memory), CPU cap
+    beamside-<id>/<account>/       everything of one user: memory (limits.memory), CPU cap
                                    (limits.cpu), processes and threads (limits.processes), and an
                                    equal CPU share with every other user under contention
-    beamside/<account>/server      the notebook server, its kernels and terminals
+    beamside-<id>/<account>/server the notebook server, its kernels and terminals
                                    (singleuser.mem_limit, singleuser.cpu_limit)
-    beamside/<account>/dask-<id>   one Dask cluster's scheduler and workers (dask.max_memory plus
+    beamside-<id>/<account>/dask-<cluster> one Dask cluster's scheduler and workers (dask.max_memory plus
                                    one worker's memory, for its scheduler)
 
 A process is put into its group between fork and exec, while still root (:meth:`Group.enter`), so
@@ -21,19 +21,20 @@ user at their next cell (:mod:`analysis_lib._limits`).
 
 Both cgroup versions: v1 (one hierarchy per controller, as on this project's CI machines) and v2
 (one unified hierarchy with ``memory``, ``cpu`` and ``pids`` enabled). Folders are names root
-picks (accounts, "server", the gateway's cluster ids) under root's own ``beamside`` folder in
-the cgroup file system, which users cannot write: no user-controlled path is involved.
+picks (accounts, "server", the gateway's cluster ids) under the deployment's own folder in the
+cgroup file system (``beamside-<id>``, :func:`top_for`), which users cannot write: no user-controlled path is involved.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-TOP = "beamside"
+TOP = "beamside"  # beamside's folder in each hierarchy; a deployment's own is top_for(its state folder)
 SERVER = "server"
 _PERIOD_US = 100_000  # CFS period for CPU caps
 _V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
@@ -113,6 +114,14 @@ class Group:
                 time.sleep(0.05)
 
 
+def top_for(state_dir: str) -> str:
+    """The deployment's own folder in the cgroup file systems. Two deployments on one machine (a
+    test run beside a facility's, or two of the facility's) share the Unix accounts, but must never
+    share, empty or remove each other's groups."""
+    digest = hashlib.sha256(os.path.realpath(state_dir).encode()).hexdigest()[:12]
+    return f"{TOP}-{digest}"
+
+
 def out_of_memory_kills(folder: Path, version: int) -> int:
     """The ``oom_kill`` count of a memory group folder (v1 ``memory.oom_control``, v2 ``memory.events``)."""
     name = "memory.oom_control" if version == 1 else "memory.events"
@@ -143,12 +152,13 @@ def describe(settings) -> str:
 class Cgroups:
     """The machine's cgroup hierarchies and beamside's groups in them."""
 
-    def __init__(self, version: int, roots: dict[str, Path]):
+    def __init__(self, version: int, roots: dict[str, Path], top: str = TOP):
         self.version = version
         self.roots = roots  # v1: controller -> its mount; v2: "" -> the unified mount
+        self.top = top  # this deployment's folder under each root
 
     @classmethod
-    def detect(cls, mounts: str = "/proc/self/mounts") -> Cgroups | None:
+    def detect(cls, top: str = TOP, mounts: str = "/proc/self/mounts") -> Cgroups | None:
         """The v1 controllers if memory, cpu and pids are mounted there (cpuacct too, for accounting),
         else a v2 hierarchy offering memory, cpu and pids; None if neither."""
         v1: dict[str, Path] = {}
@@ -162,11 +172,11 @@ class Cgroups:
             elif fstype == "cgroup2":
                 v2.append(Path(where))
         if all(c in v1 for c in _V1_CONTROLLERS):
-            return cls(1, v1)
+            return cls(1, v1, top)
         for root in v2:
             offered = (root / "cgroup.controllers").read_text().split()
             if all(c in offered for c in ("memory", "cpu", "pids")):
-                return cls(2, {"": root})
+                return cls(2, {"": root}, top)
         return None
 
     # -- making groups -------------------------------------------------------------------------
@@ -188,9 +198,9 @@ class Cgroups:
     def group(self, *names: str) -> Group:
         """An existing group's handle (nothing is made)."""
         if self.version == 1:
-            folders = tuple(self.roots[c] / TOP / Path(*names) for c in _V1_CONTROLLERS)
-            return Group(folders, self.roots["memory"] / TOP / Path(*names), 1)
-        folder = self.roots[""] / TOP / Path(*names)
+            folders = tuple(self.roots[c] / self.top / Path(*names) for c in _V1_CONTROLLERS)
+            return Group(folders, self.roots["memory"] / self.top / Path(*names), 1)
+        folder = self.roots[""] / self.top / Path(*names)
         return Group((folder,), folder, 2)
 
     def remove_user_if_empty(self, account: str) -> None:
@@ -211,7 +221,7 @@ class Cgroups:
         if self.version == 2:
             self._enable_v2(names)
         for folder in group.folders:
-            if len(names) == 1:  # beamside/: users pass through to their own group only
+            if len(names) == 1:  # the deployment's folder: users pass through to their own group only
                 folder.parent.mkdir(exist_ok=True)
                 os.chmod(folder.parent, 0o711)
             folder.mkdir(exist_ok=True)
@@ -224,7 +234,7 @@ class Cgroups:
     def _enable_v2(self, names: tuple[str, ...]) -> None:
         """v2 gives a child a controller only if every parent enables it for its children."""
         folder = self.roots[""]
-        for name in (TOP, *names[:-1]):
+        for name in (self.top, *names[:-1]):
             (folder / "cgroup.subtree_control").write_text("+memory +cpu +pids")
             folder = folder / name
             folder.mkdir(exist_ok=True)

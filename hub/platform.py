@@ -173,6 +173,9 @@ class LocalPlatform(Platform):
         section.software_paths = list(paths.software)
         section.audit_socket = paths.audit_socket if runtime.settings.audit.enabled else ""
         section.private_network = runtime.private_network
+        from .limits import top_for
+
+        section.cgroup_top = top_for(paths.state)
         limits = runtime.settings.limits
         section.user_memory_limit = parse_bytes(str(limits.memory)) if limits.memory is not None else 0
         section.user_cpu_limit = float(limits.cpu or 0)

@@ -227,6 +227,7 @@ class Sandboxed(HasTraits):
     user_memory_limit = Integer(0, config=True, help="Bytes all of one user's processes may use together (0: no cap).")
     user_cpu_limit = Float(0, config=True, help="Cores all of one user's processes may use together (0: no cap).")
     user_process_limit = Integer(0, config=True, help="Processes and threads one user may run (0: no cap).")
+    cgroup_top = Unicode(limits.TOP, config=True, help="This deployment's folder in the cgroup file systems.")
 
     def home_of(self, user: str) -> Path:
         return Path(self.homes_dir) / user
@@ -274,7 +275,7 @@ class Sandboxed(HasTraits):
     # -- per-user limits (cgroups) ----------------------------------------------------------
     def _cgroups(self) -> limits.Cgroups | None:
         """The machine's cgroups, or None: then only if no limit is set (else: fail closed)."""
-        found = limits.Cgroups.detect() if self.isolate else None
+        found = limits.Cgroups.detect(self.cgroup_top) if self.isolate else None
         if found is None and self.isolate and self._limited():
             raise limits.LimitsUnavailable("per-user limits are set but this machine's kernel has no cgroup memory, "
                                            "cpu and pids controllers to keep them")
@@ -297,7 +298,7 @@ class Sandboxed(HasTraits):
 
     def end_group(self, account: Account, part: str) -> None:
         """Whatever is left in ``part``'s cgroup is stopped and the group removed (the user's too, if empty)."""
-        cgroups = limits.Cgroups.detect() if self.isolate else None
+        cgroups = limits.Cgroups.detect(self.cgroup_top) if self.isolate else None
         if cgroups is None:
             return
         cgroups.group(account.unix_name, part).remove()

@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner, SpawnException
@@ -38,6 +39,8 @@ from analysis_lib.contract import DETACHED, MEMORY_LIMIT_ENV
 from . import limits, rootfs, sandbox
 from .accounts import Account, ensure_account, unix_name
 from .start_queue import StartQueue
+
+_PREPARATION = ThreadPoolExecutor(1, thread_name_prefix="beamside-prepare")  # root's work before each start
 
 
 class UserServer(sandbox.Sandboxed):
@@ -200,7 +203,7 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
         (SIGKILL mid-start). Nobody can reach or stop that server: it is ended here."""
         super().load_state(state)
         if not self.pid and self.isolate:
-            cgroups = limits.Cgroups.detect()
+            cgroups = limits.Cgroups.detect(self.cgroup_top)
             group = cgroups.group(unix_name(self.user.name), limits.SERVER) if cgroups else None
             if group is not None and group.pids():
                 self.log.warning("ending the server of %s that a hub killed mid-start left unrecorded", self.user.name)
@@ -265,28 +268,44 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
                 continue
 
     async def _start_in_sandbox(self):
-        account = self.prepare_user()
         base_cmd, base_popen = list(self.cmd), dict(self.popen_kwargs)
-        log_fd = self._open_log(account)
+        # Root's preparation (account, home, catalog view, cgroup, network namespace: files and
+        # subprocesses) runs off the hub's event loop, one start at a time: during a burst of logins
+        # the hub keeps answering its API and pages.
+        loop = asyncio.get_running_loop()
+        log_fd, argv, address = await loop.run_in_executor(_PREPARATION, self._prepare_sandbox)
         self.popen_kwargs = {**base_popen, "stdin": subprocess.DEVNULL,
                              **({"stdout": log_fd, "stderr": subprocess.STDOUT} if log_fd is not None else {})}
-        if account is not None:
-            self._group = await asyncio.to_thread(
-                self.fresh_group, account, limits.SERVER, limits.Limit(memory=self.mem_limit or None, cpu=self.cpu_limit or None)
-            )
-            try:
-                self.cmd = self.sandbox_argv(account, group=self._group) + base_cmd
-            except CatalogError as exc:  # broken since prepare_user read it
-                raise self.refused(exc) from None
-            address = self.user_address(account)
-            if address:  # in the user's own network namespace, reached through its link
-                self.ip = address
+        if argv is not None:
+            self.cmd = argv + base_cmd
+        if address:  # in the user's own network namespace, reached through its link
+            self.ip = address
         try:
             return await super().start()
         finally:
             self.cmd, self.popen_kwargs, self._group = base_cmd, base_popen, None
             if log_fd is not None:
                 os.close(log_fd)
+
+    def _prepare_sandbox(self):
+        """The account, home and log; the server's cgroup (``self._group``, for the preexec), the
+        sandbox's command line and the user's address. Runs in the preparation thread."""
+        account = self.prepare_user()
+        log_fd = self._open_log(account)
+        if account is None:
+            return log_fd, None, None
+        try:
+            self._group = self.fresh_group(account, limits.SERVER,
+                                           limits.Limit(memory=self.mem_limit or None, cpu=self.cpu_limit or None))
+            try:
+                argv = self.sandbox_argv(account, group=self._group)
+            except CatalogError as exc:  # broken since prepare_user read it
+                raise self.refused(exc) from None
+            return log_fd, argv, self.user_address(account)
+        except BaseException:
+            if log_fd is not None:
+                os.close(log_fd)
+            raise
 
     def _open_log(self, account) -> int | None:
         """The user's server log, appended to; root's folder and file, opened without following links."""

@@ -20,7 +20,7 @@ import pytest
 import requests
 import websocket
 from beamside_hub.accounts import unix_name
-from beamside_hub.limits import SERVER, Cgroups
+from beamside_hub.limits import SERVER, Cgroups, top_for
 
 from .deploy import Deployment
 from .hubclient import Kernel
@@ -61,8 +61,9 @@ def ok(kernel: Kernel, code: str, timeout: float = 120) -> str:
     return out["stdout"]
 
 
-def groups():
-    return Cgroups.detect()
+def groups(dep) -> Cgroups:
+    """The machine's cgroups, at this deployment's own folder."""
+    return Cgroups.detect(top_for(dep.runtime["paths"]["state"]))
 
 
 def alive(pid: int) -> bool:
@@ -99,8 +100,9 @@ def test_every_process_of_the_user_is_in_her_group_with_her_limits(dep, alice):
     mine = dep.processes_of("alice")
     assert mine, "alice runs no process"
     where = {(p.pid, " ".join(p.cmdline())[:80]): memory_group_of(p.pid) for p in mine}
-    assert all(path == f"/beamside/{account}/{SERVER}" for path in where.values()), where
-    server = groups().group(account, SERVER)
+    top = groups(dep).top
+    assert all(path == f"/{top}/{account}/{SERVER}" for path in where.values()), where
+    server = groups(dep).group(account, SERVER)
     assert {p.pid for p in mine} <= server.pids()
     memory = server.memory_folder
     assert limit_of(memory) == SERVER_MEMORY
@@ -127,7 +129,7 @@ print(json.dumps(res))
 
 def test_a_kernel_over_its_memory_is_stopped_alone_and_the_user_is_told(dep, alice):
     account = unix_name("alice")
-    server = groups().group(account, SERVER)
+    server = groups(dep).group(account, SERVER)
     before = server.oom_kills()
     quiet_kernel = ok(alice, "import os; print(os.getpid())")
     greedy = Kernel(dep.url, "alice", dep.hub.token("alice"))
@@ -155,8 +157,8 @@ def test_a_kernel_over_its_memory_is_stopped_alone_and_the_user_is_told(dep, ali
         greedy.close()
 
 
-def test_a_busy_user_gets_no_more_than_her_cores(alice):
-    server = groups().group(unix_name("alice"), SERVER)
+def test_a_busy_user_gets_no_more_than_her_cores(dep, alice):
+    server = groups(dep).group(unix_name("alice"), SERVER)
     start_cpu, start = server.cpu_seconds(), time.monotonic()
     ok(alice, """
 import multiprocessing as mp, time
@@ -198,7 +200,7 @@ gw = Gateway(); cluster = gw.new_cluster(); cluster.scale(1)
 client = cluster.get_client(); client.wait_for_workers(1, timeout=180)
 print(cluster.name)
 """, timeout=300).strip().splitlines()[-1]
-    group = groups().group(account, f"dask-{name}")
+    group = groups(dep).group(account, f"dask-{name}")
     pids = group.pids()
     assert len(pids) >= 2  # a scheduler, a worker (with their sandboxes)
     assert about(limit_of(group.memory_folder), 8_000_000_000 + 2_000_000_000)  # dask.max_memory + a worker's, for the scheduler
@@ -230,10 +232,20 @@ def test_a_burst_of_starts_queues_and_shows_each_user_her_place(dep, alice):
     users = ["bob", "carol", "admin"]
     for user in users:
         dep.hub.api("POST", f"/users/{user}")
+
+    def arrive(user):
+        """Ask for the server and follow its progress from the start, as the spawn page does."""
+        with ThreadPoolExecutor(1) as asking:
+            code = asking.submit(lambda: dep.hub.api("POST", f"/users/{user}/server", timeout=120).status_code)
+            time.sleep(0.5)
+            events = _progress(dep, user)
+            return code.result(), events
+
     with ThreadPoolExecutor(len(users)) as pool:
-        codes = list(pool.map(lambda u: dep.hub.api("POST", f"/users/{u}/server").status_code, users))
-        assert all(code in (201, 202) for code in codes), codes
-        progress = dict(zip(users, pool.map(lambda u: _progress(dep, u), users)))
+        arrived = dict(zip(users, pool.map(arrive, users)))
+    codes = [code for code, _ in arrived.values()]
+    assert all(code in (201, 202) for code in codes), codes
+    progress = {user: events for user, (_, events) in arrived.items()}
     waited = [u for u, events in progress.items() if any("Waiting for a free slot" in e.get("message", "") for e in events)]
     assert waited, progress
     assert all(events[-1].get("ready") for events in progress.values()), progress
@@ -245,5 +257,5 @@ def test_a_burst_of_starts_queues_and_shows_each_user_her_place(dep, alice):
 def test_a_stopped_server_leaves_no_group(dep, alice):
     account = unix_name("alice")
     dep.hub.stop("alice")
-    for folder in groups().group(account).folders:
+    for folder in groups(dep).group(account).folders:
         assert not folder.exists(), folder
