@@ -415,7 +415,21 @@ def memory_phase(dep, users: list[str], settle: float) -> dict:
     samples.sort(key=lambda m: m["rss_per_user"])
     out = samples[1]
     out["deployment"] = deployment_memory(dep)
+    out["start_cpu"] = servers_cpu(dep, users)
     return out
+
+
+def servers_cpu(dep, users: list[str]) -> dict | None:
+    """CPU-seconds each server used from its start until now, idle since (its cgroup's account:
+    sandbox, server, nothing of the hub's); None without cgroups."""
+    from beamside_hub.accounts import unix_name
+    from beamside_hub.limits import SERVER, Cgroups, top_for
+
+    cgroups = Cgroups.detect(top_for(dep.runtime["paths"]["state"]))
+    if cgroups is None:
+        return None
+    seconds = [cgroups.group(unix_name(u), SERVER).cpu_seconds() for u in users]
+    return summary(seconds)
 
 
 # ---------------------------------------------------------------------------
@@ -527,6 +541,10 @@ def report(result: dict, print_=print) -> None:
              TARGET["idle_memory"], STOCK["idle_rss"]),
             ("processes per user", _s(m["processes_per_user"], "", ".1f"), "", ""),
         ]
+        if m.get("start_cpu"):
+            rows.append(("CPU-seconds of one server, start to idle (median / max)",
+                         f"{_s(m['start_cpu']['median'], ' s', '.2f')} / {_s(m['start_cpu']['max'], ' s', '.2f')}",
+                         "", "~3.6 s"))
         deployment = m["deployment"]
         pss, rss = (sum(d[k] for d in deployment.values()) for k in ("pss", "rss"))
         rows.append(("the deployment's own processes, PSS (RSS)", f"{_mb(pss)} ({_mb(rss)})", "", ""))

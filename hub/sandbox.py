@@ -34,8 +34,9 @@ from .platform import USER_CATALOG as IN_SANDBOX_CATALOG, USER_CATALOG_DIR as IN
 from .accounts import Account, drop_privileges
 
 IN_SANDBOX_AUDIT = "/run/beamside/audit.sock"
-# beamside's own /etc/ipython in every sandbox: kernels load the library's memory-limit notice
-IPYTHON_ETC = Path(__file__).with_name("sandbox_etc") / "ipython"
+# beamside's IPython kernel config in every sandbox's /etc/ipython: kernels load the library's
+# memory-limit notice (analysis_lib._limits)
+IPYTHON_KERNEL_CONFIG = Path(__file__).with_name("ipython_kernel_config.json")
 _SYSTEM_LINKS = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
 # The host's /etc holds other users' names (passwd, group), perhaps an admin's settings, catalog or
 # state: a sandbox gets only what programs need to run, plus a passwd and group of its own.
@@ -75,7 +76,7 @@ def _etc_argv(etc_dir: Path | None) -> list[str]:
     if etc_dir is not None:
         for name in ("passwd", "group"):
             argv += ["--ro-bind", str(etc_dir / name), f"/etc/{name}"]
-    return argv + ["--ro-bind", str(IPYTHON_ETC), "/etc/ipython"]
+    return argv + ["--ro-bind", str(IPYTHON_KERNEL_CONFIG), "/etc/ipython/ipython_kernel_config.json"]
 
 
 def bwrap_argv(spec: SandboxSpec, bwrap: str = "bwrap") -> list[str]:

@@ -39,8 +39,8 @@ def test_only_the_users_beamtimes_are_mounted_read_only(facility):
     etc = {dst for _, dst in ro if dst.startswith("/etc")}
     assert ("/srv/sandboxes/x/etc/passwd", "/etc/passwd") in ro and ("/srv/sandboxes/x/etc/group", "/etc/group") in ro
     assert not etc & {"/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssh", "/etc/subuid", "/etc/machine-id"}
-    assert etc <= {f"/etc/{n}" for n in (*sandbox.ETC_ALLOWED, "passwd", "group", "ipython")}
-    assert (str(sandbox.IPYTHON_ETC), "/etc/ipython") in ro  # beamside's, so kernels load the memory notice
+    assert etc <= {f"/etc/{n}" for n in (*sandbox.ETC_ALLOWED, "passwd", "group", "ipython/ipython_kernel_config.json")}
+    assert (str(sandbox.IPYTHON_KERNEL_CONFIG), "/etc/ipython/ipython_kernel_config.json") in ro  # the memory notice
     assert {"--unshare-user", "--unshare-pid", "--unshare-ipc"} <= set(argv)
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
     assert "--new-session" not in argv  # the sandbox must stay in its launcher's process group
