@@ -41,9 +41,14 @@ class Hub:
         raise TimeoutError(f"server of {user} not ready after {timeout} s")
 
     def stop(self, user: str, timeout: float = 60) -> None:
-        self.api("DELETE", f"/users/{user}/server")
         deadline = time.perf_counter() + timeout
+        asked = -1e9
         while time.perf_counter() < deadline:
+            if time.perf_counter() - asked > 5:
+                # asked again: a stop that meets a spawn being cancelled is answered 500 "pending spawn"
+                # by JupyterHub (stop_single_user), as an admin's second click would
+                self.api("DELETE", f"/users/{user}/server")
+                asked = time.perf_counter()
             if not self.api("GET", f"/users/{user}").json()["servers"]:
                 return
             time.sleep(0.2)
