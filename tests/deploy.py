@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .hubclient import Hub
+from .hubclient import Hub, Kernel
 
 
 def free_ports(n: int) -> list[int]:
@@ -40,6 +40,14 @@ def wait_for(predicate, timeout: float, what: str):
             return value
         time.sleep(0.5)
     pytest.fail(f"{what} not seen within {timeout} s")
+
+
+def user_kernel(dep, user: str):
+    """For a module fixture: ``user``'s server started, a kernel in it, closed at the end."""
+    dep.hub.spawn(user)
+    kernel = Kernel(dep.url, user, dep.hub.token(user))
+    yield kernel
+    kernel.close()
 
 
 class Deployment:

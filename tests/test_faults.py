@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .deploy import Deployment, wait_for
-from .hubclient import Kernel
+from .deploy import Deployment, user_kernel, wait_for
 from .test_hub import _gateway_answers, _hub_comes_back, login, ok, outcome
 
 CHECK_EVERY = 2  # singleuser.access_check_every of this deployment (s)
@@ -41,10 +40,7 @@ def dep():
 
 @pytest.fixture(scope="module")
 def alice(dep):
-    dep.hub.spawn("alice")
-    kernel = Kernel(dep.url, "alice", dep.hub.token("alice"))
-    yield kernel
-    kernel.close()
+    yield from user_kernel(dep, "alice")
 
 
 OPEN_SCAN = """

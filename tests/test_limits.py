@@ -22,7 +22,7 @@ import websocket
 from beamside_hub.accounts import unix_name
 from beamside_hub.limits import SERVER, Cgroups, top_for
 
-from .deploy import Deployment
+from .deploy import Deployment, user_kernel
 from .hubclient import Kernel
 
 SERVER_MEMORY = 2**30
@@ -49,10 +49,7 @@ def dep():
 
 @pytest.fixture(scope="module")
 def alice(dep):
-    dep.hub.spawn("alice")
-    kernel = Kernel(dep.url, "alice", dep.hub.token("alice"))
-    yield kernel
-    kernel.close()
+    yield from user_kernel(dep, "alice")
 
 
 def ok(kernel: Kernel, code: str, timeout: float = 120) -> str:
