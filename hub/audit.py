@@ -5,10 +5,10 @@ Runs as root beside the hub (a hub-managed service). Two sources:
 - **the kernel** (``"via": "open"``): a fanotify mark on the filesystem that
   holds the data root reports every open of a file there, whoever makes it and
   however (``open()``, h5py, HDF5 external links, a compiled program). The
-  user cannot skip it. Opens through a sandbox's bind mounts arrive with
-  paths relative to the mount, so the service turns each opened file into a
-  handle and reopens it on its own view of the data root to learn the full
-  path: no path a user chose is ever resolved by root. The user is the
+  user cannot skip it. The kernel names each opened file by its folder's
+  file handle and its name, and the service reopens the handle on its own
+  view of the data root to learn the full path (a sandbox's bind mounts are
+  not its mounts): no path a user chose is ever resolved by root. The user is the
   opening process's uid, read from ``/proc`` (a process that exits before the
   event is read is recorded by pid, as ``"user": null``).
 - **the library** (``"via": "library"``): ``analysis_lib`` reports the files it
@@ -181,8 +181,13 @@ class AuditLog:
 # -- the kernel's word: fanotify ---------------------------------------------------------------------
 _FAN_CLOEXEC, _FAN_NONBLOCK, _FAN_CLASS_NOTIF = 0x1, 0x2, 0x0
 _FAN_MARK_ADD, _FAN_MARK_FILESYSTEM, _FAN_OPEN = 0x1, 0x100, 0x20
+_FAN_REPORT_DFID_NAME = 0x400 | 0x800  # FAN_REPORT_DIR_FID | FAN_REPORT_NAME (Linux 5.9)
+_FAN_INFO_DFID_NAME = 2  # FAN_EVENT_INFO_TYPE_DFID_NAME
 _AT_EMPTY_PATH = 0x1000
 _EVENT = struct.Struct("IBBHQii")  # struct fanotify_event_metadata
+_INFO = struct.Struct("BBH8xIi")  # info header, fsid, then struct file_handle: handle_bytes, handle_type
+_FOLDERS_KEPT = 8192  # folders whose path the watch remembers (see OpenWatch)
+_FOLDER_SECONDS = 30.0  # ... and for how long (a renamed folder is named right again after this)
 
 
 class _FileHandle(ctypes.Structure):
@@ -190,7 +195,16 @@ class _FileHandle(ctypes.Structure):
 
 
 class OpenWatch:
-    """Every open of a file on the data root's filesystem, as (pid, full host path) under the data root."""
+    """Every open of a file on the data root's filesystem, as (pid, full host path) under the data root.
+
+    The mark covers the whole filesystem (a sandbox's bind mounts are other mounts of it), so when
+    the data root shares it with the software, every import of every server start is an event too:
+    tens of thousands in a burst of logins. The kernel therefore reports each open as its folder's
+    file handle and the file's name, with no file descriptor made for the service, and the service
+    resolves each folder once (reopening the handle on its own view of the data root; no path a
+    user chose is resolved by root) and remembers it for ``_FOLDER_SECONDS``: an open outside the
+    data root costs a dictionary lookup. A kernel or filesystem without that mode gets the older
+    one (a descriptor per open, resolved the same way)."""
 
     def __init__(self, data_root: str):
         self.data_root = Path(os.path.realpath(data_root))
@@ -199,16 +213,37 @@ class OpenWatch:
         self.libc.name_to_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_FileHandle),
                                                 ctypes.POINTER(ctypes.c_int), ctypes.c_int]
         self.libc.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.POINTER(_FileHandle), ctypes.c_int]
-        self.fd = self.libc.fanotify_init(_FAN_CLASS_NOTIF | _FAN_CLOEXEC | _FAN_NONBLOCK,
-                                          os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC | os.O_NOATIME)
-        if self.fd < 0:
+        self.by_handle = True
+        self._folders: dict[bytes, tuple[float, str | None]] = {}
+        try:
+            self.fd = self._watch(_FAN_REPORT_DFID_NAME)
+        except OSError:
+            self.by_handle = False
+            self.fd = self._watch(0)
+        self.root_fd = os.open(self.data_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _watch(self, report: int) -> int:
+        fd = self.libc.fanotify_init(_FAN_CLASS_NOTIF | _FAN_CLOEXEC | _FAN_NONBLOCK | report,
+                                     os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC | os.O_NOATIME)
+        if fd < 0:
             raise OSError(ctypes.get_errno(), "fanotify_init")
-        if self.libc.fanotify_mark(self.fd, _FAN_MARK_ADD | _FAN_MARK_FILESYSTEM, _FAN_OPEN, -100,
+        if self.libc.fanotify_mark(fd, _FAN_MARK_ADD | _FAN_MARK_FILESYSTEM, _FAN_OPEN, -100,
                                    str(self.data_root).encode()) != 0:
             err = ctypes.get_errno()
-            os.close(self.fd)
+            os.close(fd)
             raise OSError(err, f"fanotify_mark on the filesystem of {self.data_root}")
-        self.root_fd = os.open(self.data_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return fd
+
+    def _path_of(self, handle: _FileHandle) -> str | None:
+        """The host path of the file or folder ``handle`` names, if under the data root."""
+        here = self.libc.open_by_handle_at(self.root_fd, ctypes.byref(handle), os.O_PATH | os.O_CLOEXEC)
+        if here < 0:
+            return None
+        try:
+            path = os.readlink(f"/proc/self/fd/{here}")
+        finally:
+            os.close(here)
+        return path if Path(path).is_relative_to(self.data_root) else None
 
     def _full_path(self, fd: int) -> str | None:
         path = os.readlink(f"/proc/self/fd/{fd}")
@@ -219,14 +254,21 @@ class OpenWatch:
         handle, mount_id = _FileHandle(handle_bytes=128), ctypes.c_int()
         if self.libc.name_to_handle_at(fd, b"", ctypes.byref(handle), ctypes.byref(mount_id), _AT_EMPTY_PATH) != 0:
             return None
-        here = self.libc.open_by_handle_at(self.root_fd, ctypes.byref(handle), os.O_PATH | os.O_CLOEXEC)
-        if here < 0:
-            return None
-        try:
-            path = os.readlink(f"/proc/self/fd/{here}")
-        finally:
-            os.close(here)
-        return path if Path(path).is_relative_to(self.data_root) else None
+        return self._path_of(handle)
+
+    def _folder(self, record: bytes, now: float) -> str | None:
+        """The data-root path of the folder whose handle is ``record`` (struct file_handle), or None."""
+        kept = self._folders.get(record)
+        if kept is not None and now - kept[0] < _FOLDER_SECONDS:
+            return kept[1]
+        size, kind = struct.unpack_from("Ii", record)
+        handle = _FileHandle(handle_bytes=size, handle_type=kind)
+        ctypes.memmove(handle.f_handle, record[8:8 + size], min(size, 128))
+        path = self._path_of(handle)
+        if len(self._folders) >= _FOLDERS_KEPT:
+            self._folders.clear()
+        self._folders[record] = (now, path)
+        return path
 
     def read(self) -> list[tuple[int, str]]:
         """The opens waiting now (non-blocking)."""
@@ -234,22 +276,38 @@ class OpenWatch:
             buf = os.read(self.fd, 1 << 16)
         except BlockingIOError:
             return []
-        opens, off = [], 0
+        opens, off, now = [], 0, time.monotonic()
         while off + _EVENT.size <= len(buf):
-            length, _v, _r, _mlen, mask, fd, pid = _EVENT.unpack_from(buf, off)
-            off += length or _EVENT.size
-            if fd < 0:
-                continue
-            try:
-                if stat.S_ISREG(os.fstat(fd).st_mode):
-                    path = self._full_path(fd)
-                    if path:
-                        opens.append((pid, path))
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+            length, _v, _r, meta_len, _mask, fd, pid = _EVENT.unpack_from(buf, off)
+            event, off = buf[off:off + (length or _EVENT.size)], off + (length or _EVENT.size)
+            path = self._by_handle(event, meta_len, now) if self.by_handle else self._by_descriptor(fd)
+            if path:
+                opens.append((pid, path))
         return opens
+
+    def _by_handle(self, event: bytes, at: int, now: float) -> str | None:
+        while at + _INFO.size <= len(event):
+            kind, _pad, length, size, _type = _INFO.unpack_from(event, at)
+            if kind == _FAN_INFO_DFID_NAME and length:
+                record_at = at + 12  # after the header (4) and fsid (8): struct file_handle
+                record = event[record_at:record_at + 8 + size]
+                name = event[record_at + 8 + size:at + length].split(b"\0", 1)[0]
+                folder = self._folder(record, now)
+                return os.path.join(folder, os.fsdecode(name)) if folder and name else None
+            if not length:
+                return None
+            at += length
+        return None
+
+    def _by_descriptor(self, fd: int) -> str | None:
+        if fd < 0:
+            return None
+        try:
+            return self._full_path(fd) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
 
 def _uid_of(pid: int) -> int | None:

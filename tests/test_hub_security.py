@@ -479,3 +479,39 @@ def test_facility_deployment_needs_named_admins(tmp_path):
     c = Config()
     configure_hub(c, runtime.replace(demo=True), sys.executable)
     assert c.Authenticator.admin_users == {"admin"}
+
+
+@pytest.mark.parametrize("by_handle", [True, False], ids=["folder-handles", "descriptors"])
+def test_kernel_watch_names_opens_through_bind_mounts_and_ignores_the_rest(tmp_path, by_handle):
+    """The kernel's watch (both of its modes) names a file opened through a sandbox's bind mount by
+    its full host path, and reports nothing for opens outside the data root (software, homes)."""
+    from beamside_hub import audit
+    from beamside_hub.sandbox import find_bwrap
+
+    data, elsewhere = tmp_path / "data", tmp_path / "software"
+    (data / "bt-1" / "raw").mkdir(parents=True)
+    elsewhere.mkdir()
+    wanted, other = data / "bt-1" / "raw" / "scan_7.nxs", elsewhere / "module.py"
+    wanted.write_bytes(b"frames")
+    other.write_bytes(b"code")
+    watch = audit.OpenWatch(str(data))
+    if not by_handle:  # the older mode, as on a kernel or filesystem without folder handles
+        os.close(watch.fd)
+        watch.by_handle, watch.fd = False, watch._watch(0)
+    assert watch.by_handle is by_handle
+    try:
+        for _ in range(3):  # the second and third opens of the folder come from the folder cache
+            subprocess.run([find_bwrap(), "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib",
+                            "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin",
+                            "--ro-bind", str(data / "bt-1"), "/beamtime", "--ro-bind", str(elsewhere), "/sw",
+                            "cat", "/beamtime/raw/scan_7.nxs", "/sw/module.py"], check=True, capture_output=True)
+        seen = wait_for(lambda: [p for _, p in watch.read()] or None, 10, "the kernel's open events")
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            seen += [p for _, p in watch.read()]
+            time.sleep(0.1)
+    finally:
+        os.close(watch.fd)
+        os.close(watch.root_fd)
+    assert seen.count(str(wanted)) == 3, seen
+    assert set(seen) == {str(wanted)}, seen
