@@ -1,4 +1,4 @@
-"""The hub's subcommands of the ``beamside`` command: ``beamside up`` and ``beamside passwd``.
+"""The hub's subcommands of the ``beamside`` command: ``beamside up``, ``passwd`` and ``queue``.
 
 ``analysis_lib`` never imports the hub: its CLI finds these through the
 ``beamside.commands`` entry point ``hub`` (see pyproject.toml): a function
@@ -14,9 +14,10 @@ import sys
 
 
 def add_commands(sub) -> None:
-    """The ``beamside.commands`` entry point: ``up``, then ``passwd``."""
+    """The ``beamside.commands`` entry point: ``up``, ``passwd``, ``queue``."""
     add_up(sub)
     add_passwd(sub)
+    add_queue(sub)
 
 
 def add_up(sub) -> None:
@@ -30,6 +31,35 @@ def add_passwd(sub) -> None:
     pw.add_argument("user")
     pw.add_argument("--config", help="deployment config file (YAML)")
     pw.set_defaults(run=_passwd)
+
+
+def add_queue(sub) -> None:
+    q = sub.add_parser("queue", help="show the embedded deployment's start queue: who starts, who waits")
+    q.add_argument("--config", help="deployment config file (YAML)")
+    q.add_argument("--json", action="store_true", help="print the queue as JSON")
+    q.set_defaults(run=_queue)
+
+
+def _queue(args) -> int:
+    import json
+
+    try:
+        from . import settings, start_queue
+    except ImportError:
+        raise ValueError("needs the hub extras: pip install 'beamside[hub]'") from None
+    path = start_queue.queue_file(settings.Settings.from_yaml(args.config).hub.state_dir)
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"no start queue at {path}: is this deployment up (beamside up --config …)?") from None
+    try:
+        os.kill(report["hub_pid"], 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    print(json.dumps(report, indent=1) if args.json else start_queue.show(report, alive))
+    return 0
 
 
 def _passwd(args) -> int:

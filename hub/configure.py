@@ -61,7 +61,7 @@ def configure_hub(c, runtime: Runtime, python: str) -> None:
     c.JupyterHub.db_url = hub.db_url or f"sqlite:///{paths.state}/jupyterhub.sqlite"
     c.JupyterHub.cookie_secret_file = f"{paths.state}/jupyterhub_cookie_secret"
     c.JupyterHub.pid_file = f"{paths.state}/jupyterhub.pid"
-    c.JupyterHub.concurrent_spawn_limit = 0 if platform.queues_starts else hub.concurrent_spawn_limit
+    c.JupyterHub.concurrent_spawn_limit = 0 if platform.queues_starts else (20 if hub.concurrent_spawn_limit is None else hub.concurrent_spawn_limit)
     # A hub restart (upgrade, crash) must not take users' servers and routes down.
     c.JupyterHub.cleanup_servers = False
     # The proxy is started beside the hub (by `beamside up`, or its own pod), never by it.

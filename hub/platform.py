@@ -38,6 +38,7 @@ from analysis_lib.contract import GATEWAY_PREFIX, WORKER_ENV
 
 from .runtime import Addresses, KubeRuntime, Paths, Runtime
 from .settings import Settings
+from .start_queue import queue_file
 
 # Where a user's server and Dask processes find their own view of the catalog, on every platform
 # (a folder: a catalog replaced on the host shows in running sandboxes)
@@ -114,10 +115,12 @@ class LocalPlatform(Platform):
         self.sandboxes(sp, runtime)
         sp.examples_dir = paths.examples
         if self.queues_starts:
-            sp.start_slots = runtime.settings.hub.concurrent_spawn_limit
+            slots = runtime.settings.hub.concurrent_spawn_limit
+            sp.start_slots = 2 * (os.cpu_count() or 1) if slots is None else slots
+            sp.start_queue_file = queue_file(paths.state)
         sp.logs_dir = os.path.join(paths.state, "logs", "users")
         sp.gateway_api_url = f"{a.gateway_url}{GATEWAY_PREFIX}/api" if runtime.settings.dask.enabled else ""
-        c.Spawner.cmd = [os.path.join(venv_bin, "jupyterhub-singleuser")]
+        c.Spawner.cmd = [os.path.join(venv_bin, "beamside-singleuser")]  # beamside_hub.user_server
         # ipc kernels: no TCP port races between kernels started in the same second, and the
         # kernel sockets live inside the user's sandbox (where nobody else can reach them).
         c.Spawner.args = ["--KernelManager.transport=ipc"] if runtime.isolate else []
@@ -313,7 +316,7 @@ class KubernetesPlatform(Platform):
         sp.namespace = k.namespace
         sp.image = k.singleuser_image
         sp.image_pull_policy = k.image_pull_policy
-        sp.cmd = ["jupyterhub-singleuser"]
+        sp.cmd = ["beamside-singleuser"]
         sp.working_dir = "/home/user"
         sp.automount_service_account_token = False
         sp.extra_labels = dict(k.singleuser_labels)

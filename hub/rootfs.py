@@ -101,11 +101,13 @@ def create_file(parent: int, name: str, *, mode: int, uid: int = 0, gid: int = 0
     return fd
 
 
-def replace_file(parent: int, name: str, data: bytes, *, mode: int, uid: int = 0, gid: int = 0) -> None:
+def replace_file(parent: int, name: str, data: bytes, *, mode: int, uid: int = 0, gid: int = 0,
+                 durable: bool = True) -> None:
     """Write ``name`` in ``parent`` atomically (a fresh temporary file, then a rename in the same folder).
 
     A file that already holds ``data`` with that owner and mode is left alone: the spawner rewrites
-    each user's sandbox files on every poll, and most polls change nothing."""
+    each user's sandbox files on every poll, and most polls change nothing. ``durable=False``
+    skips the fsync, for a status file rewritten many times a second that a crash may lose."""
     if _holds(parent, name, data, mode, uid, gid):
         return
     tmp = f".{name}.tmp"
@@ -115,7 +117,8 @@ def replace_file(parent: int, name: str, data: bytes, *, mode: int, uid: int = 0
         pass
     fd = create_file(parent, tmp, mode=mode, uid=uid, gid=gid, data=data)
     try:
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)

@@ -50,7 +50,9 @@ class Hub:
     proxy_api_port: int = _only(LOCAL, 8001)
     state_dir: str = _only(LOCAL, ".beamside")  # sqlite db, secrets, homes, logs (relative: to the settings file)
     db_url: str | None = None  # default sqlite in state_dir; e.g. postgresql://user:password@host/beamside
-    concurrent_spawn_limit: int = 20
+    # Servers starting at once. Embedded: beyond it users wait in line and see their place (default
+    # two per core: more at once only makes every start slower); SLURM: JupyterHub's limit (20). 0: none.
+    concurrent_spawn_limit: int | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 At spawn time it reads the catalog (the library's own code, not a copy),
 creates the user's account and home on first login, copies the worked
 examples there, writes the user's filtered catalog, and starts
-``jupyterhub-singleuser`` inside a bubblewrap sandbox that holds only the
+``jupyterhub-singleuser`` (as ``beamside-singleuser``, :mod:`beamside_hub.user_server`) inside a bubblewrap sandbox that holds only the
 user's beamtimes (see :mod:`beamside_hub.sandbox`). Servers survive a hub
 restart; stopping one signals its whole process group, so kernels and
 anything they started go too. When a server stops, the user's Dask clusters
@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from analysis_lib.contract import DETACHED, MEMORY_LIMIT_ENV
 
 from . import limits, rootfs, sandbox
 from .accounts import Account, ensure_account, unix_name
-from .start_queue import StartQueue
+from .start_queue import StartQueue, hub_queue
 
 _PREPARATION = ThreadPoolExecutor(1, thread_name_prefix="beamside-prepare")  # root's work before each start
 
@@ -183,8 +184,9 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
 
     start_slots = Integer(0, config=True, help="How many servers start at once; the others wait in order, "
                           "seeing their place (0: no queue). beamside turns JupyterHub's concurrent_spawn_limit off for it.")
+    start_queue_file = Unicode("", config=True, help="Where the hub keeps the start queue for admins (`beamside queue`).")
     _group: limits.Group | None = None  # the server's cgroup while it starts
-    _queue: StartQueue | None = None  # the hub's start queue (one per hub process)
+    _prepared_in = 0.0  # seconds of root's preparation of the last start
 
     def make_preexec_fn(self, name):
         account = self._account()
@@ -221,9 +223,7 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
     @property
     def start_queue(self) -> StartQueue:
         """The hub's one queue of starts (made with the first spawner)."""
-        if BeamsideSpawner._queue is None or BeamsideSpawner._queue.slots != self.start_slots:
-            BeamsideSpawner._queue = StartQueue(self.start_slots)
-        return BeamsideSpawner._queue
+        return hub_queue(self.start_slots, self.start_queue_file)
 
     async def run_pre_spawn_hook(self):
         """Wait for a turn to start (JupyterHub calls this before ``start``, outside its
@@ -250,22 +250,37 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
         started = False
         try:
             ip_port = await self._start_in_sandbox()
+            launched = time.perf_counter()
             await self._until_it_answers(*ip_port)
+            self.log.info("%s's server answered %.1f s after it was launched", self._log_name,
+                          time.perf_counter() - launched)
             started = True
             return ip_port
         finally:  # the turn ends when the server answers (its start's CPU is spent) or fails
             self.start_queue.end_turn(self._log_name, started=started)
 
     async def _until_it_answers(self, ip: str, port: int) -> None:
-        """Wait until the new server answers HTTP (then JupyterHub's own wait is short), or exits."""
+        """Wait until the new server answers HTTP (then JupyterHub's own wait is short), or exits.
+
+        Twice a second: is the process alive, and does its port take a TCP connection (the server
+        listens once its extensions are loaded)? Only then one HTTP request. Forty servers starting
+        at once otherwise cost the hub an HTTP attempt each three times a second, and an access check
+        each second (poll), while the CPU is what everyone waits for."""
         url = f"http://{ip}:{port}{self.server.base_url if self.server else '/'}"
-        deadline = asyncio.get_running_loop().time() + self.http_timeout
-        while asyncio.get_running_loop().time() < deadline and await self.poll() is None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.http_timeout
+        while loop.time() < deadline and await LocalProcessSpawner.poll(self) is None:
             try:
-                await wait_for_http_server(url, timeout=1)
-                return
-            except TimeoutError:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout=1)
+            except (OSError, TimeoutError):
+                await asyncio.sleep(0.5)
                 continue
+            writer.close()
+            try:
+                await wait_for_http_server(url, timeout=max(1.0, deadline - loop.time()))
+            except TimeoutError:
+                pass
+            return
 
     async def _start_in_sandbox(self):
         base_cmd, base_popen = list(self.cmd), dict(self.popen_kwargs)
@@ -273,7 +288,10 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
         # subprocesses) runs off the hub's event loop, one start at a time: during a burst of logins
         # the hub keeps answering its API and pages.
         loop = asyncio.get_running_loop()
+        asked = loop.time()
         log_fd, argv, address = await loop.run_in_executor(_PREPARATION, self._prepare_sandbox)
+        self.log.info("%s's start prepared in %.2f s (%.2f s of it root's work)", self._log_name,
+                      loop.time() - asked, self._prepared_in)
         self.popen_kwargs = {**base_popen, "stdin": subprocess.DEVNULL,
                              **({"stdout": log_fd, "stderr": subprocess.STDOUT} if log_fd is not None else {})}
         if argv is not None:
@@ -290,6 +308,13 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
     def _prepare_sandbox(self):
         """The account, home and log; the server's cgroup (``self._group``, for the preexec), the
         sandbox's command line and the user's address. Runs in the preparation thread."""
+        began = time.perf_counter()
+        try:
+            return self._prepare_sandbox_now()
+        finally:
+            self._prepared_in = time.perf_counter() - began
+
+    def _prepare_sandbox_now(self):
         account = self.prepare_user()
         log_fd = self._open_log(account)
         if account is None:

@@ -270,6 +270,38 @@ def test_users_cannot_reach_each_others_servers(dep, alice, bob):
     assert s.get(f"{dep.url}/user/bob/api/kernels", timeout=30, allow_redirects=False).status_code in (302, 403)
 
 
+def test_viewer_and_dask_panel_routes_load_on_first_use_and_keep_their_guard(dep, alice, catalog):
+    """The server parts of jupyterlab-h5web and dask-labextension are imported by their first
+    request, not at start (beamside_hub.user_server): h5py is not in the server's memory until
+    then. Deferred, they answer as before, behind the server's own authentication and inside the
+    sandbox: no token and another user's token are refused, bob's beamtime is not there."""
+    server = next(p for p in dep.processes_of("alice")
+                  if "beamside-singleuser" in " ".join(p.cmdline()) and "bwrap" not in p.cmdline()[0])
+    assert "python" in server.cmdline()[0], server.cmdline()
+
+    def h5py_loaded() -> bool:
+        return any("h5py" in m.path for m in server.memory_maps())
+
+    assert not h5py_loaded(), "h5py was loaded when the server started"
+    mine = {"Authorization": f"token {dep.hub.token('alice')}"}
+    dep.hub.api("POST", "/users/bob")  # (exists already unless this test runs alone)
+    bobs = {"Authorization": f"token {dep.hub.token('bob')}"}
+    own, other = path_of(catalog, "bt-1001"), path_of(catalog, "bt-1002")
+    meta = f"{dep.url}/user/alice/h5web/meta"
+    r = requests.get(meta, params={"file": own, "path": "/"}, headers=mine, timeout=60)
+    assert r.status_code == 200 and r.json()["kind"] == "group", (r.status_code, r.text[:300])
+    assert h5py_loaded()
+    for headers in ({}, bobs):
+        refused = requests.get(meta, params={"file": own, "path": "/"}, headers=headers, timeout=30, allow_redirects=False)
+        assert refused.status_code in (302, 403), (refused.status_code, refused.text[:200])
+    hidden = requests.get(meta, params={"file": other, "path": "/"}, headers=mine, timeout=30)
+    assert hidden.status_code == 404, (hidden.status_code, hidden.text[:300])
+    clusters = requests.get(f"{dep.url}/user/alice/dask/clusters", headers=mine, timeout=60)
+    assert clusters.status_code == 200 and isinstance(clusters.json(), list), (clusters.status_code, clusters.text[:300])
+    assert requests.get(f"{dep.url}/user/alice/dask/clusters", headers=bobs, timeout=30,
+                        allow_redirects=False).status_code in (302, 403)
+
+
 def test_gateway_clusters_are_private_and_limited(dep, alice, bob):
     bob_cluster = ok(bob, """
 import analysis_lib as al

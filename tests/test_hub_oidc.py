@@ -251,7 +251,7 @@ def server_processes(dep: Deployment, name: str) -> list[psutil.Process]:
     """
     home = f"{dep.runtime['paths']['homes']}/{name}"
     roots = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and p.info["cmdline"][0].endswith("bwrap")
-             and home in p.info["cmdline"] and "jupyterhub-singleuser" in " ".join(p.info["cmdline"])]
+             and home in p.info["cmdline"] and "beamside-singleuser" in " ".join(p.info["cmdline"])]
     return [q for root in roots for q in (root, *root.children(recursive=True))]
 
 
@@ -260,7 +260,7 @@ def test_idle_culler_stops_an_idle_server(dep):
     if not user_model(dep, "grace")["servers"]:  # e.g. this test run alone
         dep.hub.spawn("grace")
     procs = server_processes(dep, "grace")
-    assert any("jupyterhub-singleuser" in " ".join(p.cmdline()) for p in procs), procs
+    assert any("beamside-singleuser" in " ".join(p.cmdline()) for p in procs), procs
     t0 = time.perf_counter()
     deadline = t0 + 90
     while time.perf_counter() < deadline:

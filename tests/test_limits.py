@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -238,8 +241,24 @@ def test_a_burst_of_starts_queues_and_shows_each_user_her_place(dep, alice):
             events = _progress(dep, user)
             return code.result(), events
 
-    with ThreadPoolExecutor(len(users)) as pool:
+    def queue() -> dict:
+        """What the admin's `beamside queue --json` says."""
+        out = subprocess.run([sys.executable, "-m", "analysis_lib.cli", "queue", "--config", str(dep.config), "--json"],
+                             capture_output=True, text=True, timeout=60, check=True)
+        return json.loads(out.stdout)
+
+    reports, arriving = [], threading.Event()
+
+    def watch():
+        while not arriving.is_set():
+            reports.append(queue())
+            time.sleep(0.2)
+
+    with ThreadPoolExecutor(len(users) + 1) as pool:
+        watching = pool.submit(watch)
         arrived = dict(zip(users, pool.map(arrive, users)))
+        arriving.set()
+        watching.result()
     codes = [code for code, _ in arrived.values()]
     assert all(code in (201, 202) for code in codes), codes
     progress = {user: events for user, (_, events) in arrived.items()}
@@ -249,6 +268,16 @@ def test_a_burst_of_starts_queues_and_shows_each_user_her_place(dep, alice):
     for user in users:
         assert dep.hub.api("GET", f"/users/{user}").json()["servers"][""]["ready"]
         dep.hub.stop(user)
+    # the admin saw the line: one starting, the others waiting in order, then nobody
+    seen = [r for r in reports if r["waiting"]]
+    assert seen, reports[-3:]
+    assert all(r["slots"] == 1 and len(r["starting"]) <= 1 for r in reports), reports
+    assert any([w["place"] for w in r["waiting"]] == list(range(1, len(r["waiting"]) + 1)) and r["starting"]
+               for r in seen), seen
+    assert {w["user"] for r in seen for w in r["waiting"]} <= set(users)
+    assert all(r["hub_pid"] == dep.hub_pid for r in reports)
+    final = queue()
+    assert not final["starting"] and not final["waiting"] and final["recent_start_seconds"] > 0, final
 
 
 def test_a_stopped_server_leaves_no_group(dep, alice):
