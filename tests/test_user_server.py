@@ -7,6 +7,7 @@ are compared with the deferred ones, so an upgrade that moves or renames a route
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 
@@ -34,9 +35,15 @@ class _RecordingApp:
 
 
 def _upstream(extension: str) -> list:
+    """The extension's routes as its loader registers them, on a running event loop as in the server
+    (dask-labextension makes a future at import: without a loop, e.g. after an asyncio.run, it fails)."""
     app = _RecordingApp()
-    module = importlib.import_module(extension)
-    (getattr(module, "_load_jupyter_server_extension", None) or module.load_jupyter_server_extension)(app)
+
+    async def load():
+        module = importlib.import_module(extension)
+        (getattr(module, "_load_jupyter_server_extension", None) or module.load_jupyter_server_extension)(app)
+
+    asyncio.run(load())
     return [(path, f"{handler.__module__}.{handler.__name__}", options) for path, handler, options in app.routes]
 
 
