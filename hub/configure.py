@@ -9,6 +9,7 @@ clusters run) is asked of the runtime's :mod:`beamside_hub.platform`.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from analysis_lib.contract import (
@@ -99,7 +100,7 @@ def configure_hub(c, runtime: Runtime, python: str) -> None:
         c.Authenticator.allow_all = True  # whoever has a password in the file
 
     # -- user servers
-    env = {"PYTHONNOUSERSITE": "1"}
+    env = {"PYTHONNOUSERSITE": "1", **quiet_environment()}
     platform.configure_servers(c, runtime, env)
     c.Spawner.default_url = single.default_url
     c.Spawner.start_timeout = single.start_timeout
@@ -155,6 +156,14 @@ def configure_hub(c, runtime: Runtime, python: str) -> None:
     c.JupyterHub.load_roles = roles
 
 
+def quiet_environment() -> dict:
+    """What every user process gets so that it does not print what a scientist can do nothing
+    about. silx, imported by pyFAI, looks for OpenCL and without pyopencl prints a red "Unable to
+    import pyOpenCl" warning under the first reduction of every session: its own SILX_OPENCL=0
+    says there is none, unless pyopencl is installed (then OpenCL is used as before)."""
+    return {} if importlib.util.find_spec("pyopencl") else {"SILX_OPENCL": "0"}
+
+
 def configure_gateway(c, runtime: Runtime) -> None:
     """The platform's backend, then the cluster limits and options every platform shares."""
     from dask.utils import parse_bytes
@@ -175,7 +184,7 @@ def configure_gateway(c, runtime: Runtime) -> None:
     cc.cluster_max_cores = dask.max_cores
     cc.cluster_max_memory = dask.max_memory
     cc.idle_timeout = dask.idle_timeout
-    cc.environment = environment
+    cc.environment = {**quiet_environment(), **environment}
 
     def options_handler(options, user):
         config = {WORKER_CORES: options.worker_cores, WORKER_MEMORY: int(options.worker_memory * WORKER_MEMORY_UNIT)}

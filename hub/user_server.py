@@ -1,9 +1,9 @@
 """``beamside-singleuser``: the user's notebook server, without the work every start repeats for nothing.
 
-This is ``jupyterhub-singleuser`` (JupyterHub's own server, extensions and all), started with three
-things taken out of its start. On a 2-core machine a stock start costs about 3.5 CPU-seconds, a
-third of them in programs nobody needs; when fifty users log in at once, that is what they wait for
-(issue 13: at least one start per second).
+This is ``jupyterhub-singleuser`` (JupyterHub's own server, extensions and all), with what no start
+needs taken out of it. On a 2-core machine a stock start cost 3.9 CPU-seconds in the sandbox, more
+than half of them for the two things below; this one costs 1.7. When fifty users log in at once,
+that CPU is what they wait for.
 
 - **Node, twice.** Importing ``jupyterlab.labapp`` runs ``node yarn.js config --json`` (labapp.py's
   module-level ``get_app_version()`` reads yarn's registry, ~0.7 CPU-s), and jupyter-lsp's search for
@@ -17,6 +17,11 @@ third of them in programs nobody needs; when fifty users log in at once, that is
   later or never. Here their routes are registered at start and each real handler is imported by
   the first request to it (:class:`_Deferred`); ``tests/test_user_server.py`` checks that the routes
   are still upstream's.
+
+And one default changes: JupyterLab's settings defaults come from ``overrides.json`` beside this
+module (it is the server's ``LabApp.app_settings_dir``): no "Would you like to get notified about
+official Jupyter news?" pop-up and no update checks in a facility's deployment (the facility
+chooses the versions); users may still turn either on in Settings.
 
 Everything else is upstream's: the hub's OAuth, activity reports, every other extension. Options
 given on the command line still win over these defaults.
@@ -67,6 +72,7 @@ def default_options() -> list[str]:
                   str(prefix)]
     return [
         "--LabApp.extension_manager=readonly",
+        f"--LabApp.app_settings_dir={Path(__file__).parent}",
         f"--LanguageServerManager.node_roots={node_roots!r}",
         f"--ServerApp.jpserver_extensions={ {**dict.fromkeys(DEFERRED, False), __name__: True}!r}",
     ]

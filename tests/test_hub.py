@@ -155,7 +155,7 @@ t0 = time.perf_counter(); client = al.cluster(workers=2); client.wait_for_worker
 print("cluster", time.perf_counter() - t0)
 def arrived_ready():
     import os, sys
-    return "analysis_lib.ops" in sys.modules, os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    return "analysis_lib.ops" in sys.modules, os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("SILX_OPENCL")
 print("workers-ready", sorted(set(client.run(arrived_ready).values())))
 mean = al.ops.mean_frame(al.open("bt-1001/raw/scan_0001.nxs")).compute()
 np.save("/tmp/mean.npy", mean.values)
@@ -167,7 +167,8 @@ print(repr(np.load("/tmp/mean.npy").sum()))
     lines = out.splitlines()
     assert lines[0] == "['bt-1001']"
     figure(dep, "gateway cluster with 2 workers (s)", round(float(lines[1].split()[1]), 2))
-    assert lines[2] == "workers-ready [(True, None)]"  # the gateway's workers got analysis_lib.contract.WORKER_ENV
+    # the gateway's workers got analysis_lib.contract.WORKER_ENV, and silx's "no OpenCL here"
+    assert lines[2] == "workers-ready [(True, None, '0')]"
     assert "the data stayed here" in out
     np.testing.assert_allclose(float(lines[-1].split("(")[-1].rstrip(")")), expected.sum(), rtol=1e-9)
     worker_uids = json.loads(lines[3].split(" ", 1)[1])
@@ -300,6 +301,21 @@ def test_viewer_and_dask_panel_routes_load_on_first_use_and_keep_their_guard(dep
     assert clusters.status_code == 200 and isinstance(clusters.json(), list), (clusters.status_code, clusters.text[:300])
     assert requests.get(f"{dep.url}/user/alice/dask/clusters", headers=bobs, timeout=30,
                         allow_redirects=False).status_code in (302, 403)
+
+
+def test_a_session_starts_without_noise(dep, alice):
+    """What a scientist sees first: pyFAI's import (silx looking for OpenCL) prints nothing on the
+    kernel's stderr, and JupyterLab's defaults ask about no news feed and check for no updates
+    (beamside_hub.user_server's overrides.json), as the settings API gives them to the browser."""
+    out = alice.run("import pyFAI, pyFAI.integrator.azimuthal, silx.opencl.common as c; print(c.pyopencl)")
+    assert out["status"] == "ok" and out["stdout"].strip() == "None", out
+    assert "pyOpenCl" not in out["stderr"] and "WARNING" not in out["stderr"], out["stderr"]
+    headers = {"Authorization": f"token {dep.hub.token('alice')}"}
+    r = requests.get(f"{dep.url}/user/alice/lab/api/settings/@jupyterlab/apputils-extension:notification",
+                     headers=headers, timeout=60)
+    assert r.status_code == 200, (r.status_code, r.text[:300])
+    defaults = {name: spec.get("default") for name, spec in r.json()["schema"]["properties"].items()}
+    assert defaults["fetchNews"] == "false" and defaults["checkForUpdates"] is False, defaults
 
 
 def test_gateway_clusters_are_private_and_limited(dep, alice, bob):
