@@ -504,9 +504,11 @@ def _mb(x) -> str:
     return _s(x and x / 1e6, " MB", ".0f")
 
 
-def _or_default(slots, machine: dict) -> str:
-    """The start slots as set, or the embedded default (two per core)."""
-    return str(slots) if slots is not None else f"{2 * machine['cores']} (default: two per core)"
+def _or_default(slots) -> str:
+    """The start slots as set, or the embedded default."""
+    from beamside_hub.start_queue import default_slots
+
+    return str(slots) if slots is not None else f"{default_slots()} (default: two per core)"
 
 
 def report(result: dict, print_=print) -> None:
@@ -519,7 +521,7 @@ def report(result: dict, print_=print) -> None:
     if resolved:
         print_(f"deployment: {st['isolation']}, network {st['network']}, culler "
                f"{'on' if resolved['culler']['enabled'] else 'off'}, concurrent_spawn_limit "
-               f"{_or_default(resolved['hub']['concurrent_spawn_limit'], result['machine'])}; {st['limits'] or 'no per-user limits'}")
+               f"{_or_default(resolved['hub']['concurrent_spawn_limit'])}; {st['limits'] or 'no per-user limits'}")
 
     def section(name):
         rows.append((name, "", "", ""))

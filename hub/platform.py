@@ -38,7 +38,7 @@ from analysis_lib.contract import GATEWAY_PREFIX, WORKER_ENV
 
 from .runtime import Addresses, KubeRuntime, Paths, Runtime
 from .settings import Settings
-from .start_queue import queue_file
+from .start_queue import default_slots, queue_file
 
 # Where a user's server and Dask processes find their own view of the catalog, on every platform
 # (a folder: a catalog replaced on the host shows in running sandboxes)
@@ -116,7 +116,7 @@ class LocalPlatform(Platform):
         sp.examples_dir = paths.examples
         if self.queues_starts:
             slots = runtime.settings.hub.concurrent_spawn_limit
-            sp.start_slots = 2 * (os.cpu_count() or 1) if slots is None else slots
+            sp.start_slots = default_slots() if slots is None else slots
             sp.start_queue_file = queue_file(paths.state)
         sp.logs_dir = os.path.join(paths.state, "logs", "users")
         sp.gateway_api_url = f"{a.gateway_url}{GATEWAY_PREFIX}/api" if runtime.settings.dask.enabled else ""

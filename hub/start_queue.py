@@ -144,6 +144,12 @@ def show(report: dict, hub_alive: bool) -> str:
     return "\n".join(lines)
 
 
+def default_slots() -> int:
+    """Starts at once when ``hub.concurrent_spawn_limit`` is not set: two per core (more at once
+    only makes every start slower)."""
+    return 2 * (os.cpu_count() or 1)
+
+
 def queue_file(state_dir: str) -> str:
     """Where a deployment's hub keeps its start queue (root's state folder)."""
     return os.path.join(state_dir, "start-queue.json")
