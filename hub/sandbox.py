@@ -16,6 +16,7 @@ sandbox contains is tested without starting one.
 from __future__ import annotations
 
 import grp
+import hashlib
 import os
 import pwd
 import shutil
@@ -37,6 +38,9 @@ IN_SANDBOX_AUDIT = "/run/beamside/audit.sock"
 # beamside's IPython kernel config in every sandbox's /etc/ipython: kernels load the library's
 # memory-limit notice (analysis_lib._limits)
 IPYTHON_KERNEL_CONFIG = Path(__file__).with_name("ipython_kernel_config.json")
+# The sandbox's own host name (its UTS namespace), which its /etc/hosts resolves: programs that look up
+# their machine's name (TigerVNC's vncserver does, for the desktop) find it as on any machine.
+HOSTNAME = "beamside"
 _SYSTEM_LINKS = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
 # The host's /etc holds other users' names (passwd, group), perhaps an admin's settings, catalog or
 # state: a sandbox gets only what programs need to run, plus a passwd and group of its own.
@@ -45,6 +49,7 @@ ETC_ALLOWED = (
     "fonts", "gai.conf", "host.conf", "hosts", "inputrc", "ld.so.cache", "ld.so.conf", "ld.so.conf.d",
     "locale.alias", "localtime", "magic", "magic.mime", "mime.types", "nsswitch.conf", "os-release", "profile",
     "profile.d", "protocols", "python3", "python3.11", "services", "shells", "ssl", "terminfo", "timezone", "xdg",
+    "X11", "tigervnc",  # the desktop (hub/desktop.py): TigerVNC's and X's session scripts
 )
 
 
@@ -65,16 +70,23 @@ class SandboxSpec:
     memory_group: Path | None = None  # the cgroup folder whose memory events the user may read
 
 
+# Written per user (write_user_files), bound instead of the host's. The host's machine-id identifies the
+# machine and is kept from sandboxes; D-Bus's session bus (the desktop's) needs one, so each gets its own.
+_OWN_ETC = ("passwd", "group", "hosts", "machine-id")
+
+
 def _etc_argv(etc_dir: Path | None) -> list[str]:
     argv = ["--dir", "/etc"]
     for name in ETC_ALLOWED:
+        if etc_dir is not None and name in _OWN_ETC:
+            continue
         host = Path("/etc") / name
         if host.is_symlink():
             argv += ["--symlink", os.readlink(host), str(host)]
         elif host.exists():
             argv += ["--ro-bind", str(host), str(host)]
     if etc_dir is not None:
-        for name in ("passwd", "group"):
+        for name in _OWN_ETC:
             argv += ["--ro-bind", str(etc_dir / name), f"/etc/{name}"]
     return argv + ["--ro-bind", str(IPYTHON_KERNEL_CONFIG), "/etc/ipython/ipython_kernel_config.json"]
 
@@ -84,7 +96,7 @@ def bwrap_argv(spec: SandboxSpec, bwrap: str = "bwrap") -> list[str]:
     argv = [
         bwrap,
         "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-        "--cap-drop", "ALL", "--hostname", "beamside",
+        "--cap-drop", "ALL", "--hostname", HOSTNAME,
     ]
     # No --new-session: the sandbox must stay in the process group its launcher
     # starts (start_new_session=True, so it has no terminal to protect), or
@@ -124,16 +136,33 @@ def passwd_lines(account: Account) -> tuple[str, str]:
     return passwd, group
 
 
+def machine_id(account: Account) -> str:
+    """The sandbox's /etc/machine-id: the same at every start of the user's sandbox (D-Bus files in the home
+    are named after it), derived from the account alone, so it says nothing about the machine."""
+    return hashlib.sha256(f"beamside-sandbox:{account.unix_name}:{account.uid}".encode()).hexdigest()[:32] + "\n"
+
+
+def hosts_text(host_hosts: Path = Path("/etc/hosts")) -> str:
+    """The sandbox's /etc/hosts: the machine's, plus the sandbox's own name for the loopback address."""
+    try:
+        text = host_hosts.read_text()
+    except OSError:
+        text = "127.0.0.1\tlocalhost\n::1\tlocalhost\n"
+    return text.rstrip("\n") + f"\n127.0.1.1\t{HOSTNAME}\n"
+
+
 def write_user_files(catalog: Catalog, account: Account, sandboxes_dir: Path) -> Path:
     """The user's folder of sandbox files (root's, readable by the user's group only): the filtered
     catalog in ``catalog/`` (bound as a folder, so a replaced catalog reaches running sandboxes)
-    and ``etc/passwd``, ``etc/group``. Written on file descriptors from root's sandboxes folder."""
+    and ``etc/`` (passwd, group, hosts, machine-id). Written on file descriptors from root's sandboxes folder."""
     passwd, group = passwd_lines(account)
     text = yaml.safe_dump(catalog.view_for(account.hub_name), sort_keys=False).encode()
     with rootfs.root_dir(sandboxes_dir) as top:
         user_fd, _ = rootfs.make_dir(top, account.unix_name, mode=0o750, gid=account.gid, exist_ok=True)
         try:
-            for sub, files in (("catalog", {"catalog.yaml": text}), ("etc", {"passwd": passwd.encode(), "group": group.encode()})):
+            etc = {"passwd": passwd.encode(), "group": group.encode(), "hosts": hosts_text().encode(),
+                   "machine-id": machine_id(account).encode()}
+            for sub, files in (("catalog", {"catalog.yaml": text}), ("etc", etc)):
                 fd, _ = rootfs.make_dir(user_fd, sub, mode=0o750, gid=account.gid, exist_ok=True)
                 try:
                     for name, data in files.items():

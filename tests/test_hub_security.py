@@ -311,13 +311,16 @@ def test_sandbox_etc_names_no_other_user_and_holds_no_secrets(demo, alice):
     res = outcome(alice, """
 import os
 res = {"passwd": open("/etc/passwd").read(), "group": open("/etc/group").read(),
-       "visible": [p for p in ("/etc/shadow", "/etc/ssh", "/etc/sudoers", "/etc/machine-id", "/etc/subuid")
-                   if os.path.exists(p)],
+       "visible": [p for p in ("/etc/shadow", "/etc/ssh", "/etc/sudoers", "/etc/subuid") if os.path.exists(p)],
+       "machine_id": open("/etc/machine-id").read(), "hosts": open("/etc/hosts").read(),
        "user": __import__("getpass").getuser()}
 """)
     assert res["user"] == "bs-alice"
     assert "bs-bob" not in res["passwd"] + res["group"] and "bs-carol" not in res["passwd"]
     assert res["visible"] == []
+    # the sandbox's own machine id (the desktop's D-Bus needs one), never the host's, which identifies it
+    assert len(res["machine_id"].strip()) == 32 and res["machine_id"] != Path("/etc/machine-id").read_text()
+    assert "\tbeamside\n" in res["hosts"]  # its own host name resolves (TigerVNC's vncserver asks)
 
 
 def _up_fails(folder: Path, settings: dict, env: dict | None = None) -> str:

@@ -38,8 +38,11 @@ def test_only_the_users_beamtimes_are_mounted_read_only(facility):
     assert ("/etc", "/etc") not in ro
     etc = {dst for _, dst in ro if dst.startswith("/etc")}
     assert ("/srv/sandboxes/x/etc/passwd", "/etc/passwd") in ro and ("/srv/sandboxes/x/etc/group", "/etc/group") in ro
-    assert not etc & {"/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssh", "/etc/subuid", "/etc/machine-id"}
-    assert etc <= {f"/etc/{n}" for n in (*sandbox.ETC_ALLOWED, "passwd", "group", "ipython/ipython_kernel_config.json")}
+    assert not etc & {"/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssh", "/etc/subuid"}
+    own = ("passwd", "group", "hosts", "machine-id")  # the sandbox's own, never the host's (its machine-id names it)
+    assert all((f"/srv/sandboxes/x/etc/{name}", f"/etc/{name}") in ro and (f"/etc/{name}", f"/etc/{name}") not in ro
+               for name in own)
+    assert etc <= {f"/etc/{n}" for n in (*sandbox.ETC_ALLOWED, *own, "ipython/ipython_kernel_config.json")}
     assert (str(sandbox.IPYTHON_KERNEL_CONFIG), "/etc/ipython/ipython_kernel_config.json") in ro  # the memory notice
     assert {"--unshare-user", "--unshare-pid", "--unshare-ipc"} <= set(argv)
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
