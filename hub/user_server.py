@@ -18,6 +18,9 @@ that CPU is what they wait for.
   the first request to it (:class:`_Deferred`); ``tests/test_user_server.py`` checks that the routes
   are still upstream's.
 
+The server also hands its desktop beamside's session (:mod:`beamside_hub.desktop`), found in its own
+installation, whichever platform started it.
+
 And one default changes: JupyterLab's settings defaults come from ``overrides.json`` beside this
 module (it is the server's ``LabApp.app_settings_dir``): no "Would you like to get notified about
 official Jupyter news?" pop-up and no update checks in a facility's deployment (the facility
@@ -30,10 +33,13 @@ given on the command line still win over these defaults.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
 from tornado.web import RequestHandler
+
+from . import desktop
 
 # The server extensions whose routes are registered deferred: their routes as each one's own
 # loader registers them (path under the base URL, module, handler class), and the handler's options.
@@ -107,6 +113,7 @@ def _load_jupyter_server_extension(server_app) -> None:
 
 def main(argv: list[str] | None = None) -> int | None:
     _no_yarn_registry()
+    os.environ.update({k: v for k, v in desktop.environment().items() if k not in os.environ})
     from jupyterhub.singleuser import main as singleuser_main
 
     given = sys.argv[1:] if argv is None else argv

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import pytest
 import yaml
 
 from .hubclient import Hub, Kernel
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 def free_ports(n: int) -> list[int]:
@@ -40,6 +44,21 @@ def wait_for(predicate, timeout: float, what: str):
             return value
         time.sleep(0.5)
     pytest.fail(f"{what} not seen within {timeout} s")
+
+
+def deployment_for_module(name: str, figures: dict, settings: dict | None = None, users: tuple[str, ...] = ()):
+    """For a module fixture: a deployment of its own (culler off: nothing stops mid-test) with ``users``'
+    servers started; at the end it is stopped, the module's ``figures`` written to
+    ``test-artifacts/<name>-figures.json`` and its folder removed."""
+    folder = Path(tempfile.mkdtemp(dir="/tmp", prefix=f"beamside-{name}-"))
+    deployment = Deployment(folder, {"culler": {"enabled": False}, **(settings or {})}).start()
+    for user in users:
+        deployment.hub.spawn(user)
+    yield deployment
+    deployment.stop()
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / f"{name}-figures.json").write_text(json.dumps(figures, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def user_kernel(dep, user: str):
@@ -73,7 +92,7 @@ class Deployment:
         self.url = f"http://127.0.0.1:{hub}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 300) -> "Deployment":
+    def start(self, timeout: float = 300) -> Deployment:
         log = open(self.folder / "beamside-up.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "analysis_lib.cli", "up", "--config", str(self.config)],

@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,29 +24,20 @@ import pytest
 
 from analysis_lib.catalog import Catalog
 
-from .deploy import Deployment
+from .browser import logged_in
+from .deploy import deployment_for_module
 from .hubclient import Kernel
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
 VIEWER_BYTES_LIMIT = 150_000
 figures: dict = {}
 
 
 @pytest.fixture(scope="module")
 def dep():
-    folder = Path(tempfile.mkdtemp(dir="/tmp", prefix="beamside-examples-"))
-    os.chmod(folder, 0o755)  # user accounts pass through to their homes
-    deployment = Deployment(folder, {"culler": {"enabled": False}}).start()  # no culling mid-test
-    yield deployment
-    deployment.stop()
-    ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "examples-figures.json").write_text(json.dumps(figures, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
+    yield from deployment_for_module("examples", figures)
 
 
 @pytest.fixture(scope="module")
@@ -218,56 +207,32 @@ def test_remote_script_reduces_any_users_scan(dep, catalog, tmp_path):
 
 
 # -- the quickstart in a real browser -----------------------------------------------------------------
-def browser():
-    """Playwright driving Debian's Chromium; fails (never skips) with what to install."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (bash .ci/setup.sh does, as root)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is missing: pip install -e '.[test]' (bash .ci/setup.sh does)")
-    return sync_playwright()
-
-
 def test_quickstart_in_the_browser(dep, catalog, kernels):
     kernels("alice")  # her server is up; the saved result must be written anew by the browser run
     beamtime, scan = first_scan(catalog, "alice")
     result = result_file(dep, "alice", beamtime, scan, "mean")
     result.unlink(missing_ok=True)
     ARTIFACTS.mkdir(exist_ok=True)
-    profile = tempfile.mkdtemp(prefix="chrome-profile-")
     started = time.perf_counter()
-    try:
-        with browser() as p:
-            ctx = p.chromium.launch_persistent_context(profile, executable_path=str(CHROMIUM), headless=True,
-                                                       viewport={"width": 1400, "height": 1100}, args=CHROMIUM_FLAGS)
-            page = ctx.pages[0] if ctx.pages else ctx.new_page()
-            try:
-                page.goto(f"{dep.url}/hub/login")
-                page.fill("#username_input", "alice")
-                page.fill("#password_input", dep.logins["alice"])
-                page.click("#login_submit")
-                page.wait_for_url(re.compile(r"/user/alice/"), timeout=120_000)
-                page.goto(f"{dep.url}/user/alice/lab/tree/examples/01-quickstart.ipynb?reset")
-                page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)  # RECIPES §4
-                page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-                page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
-                images = page.locator(".jp-OutputArea-output img.widget-image")
-                images.first.wait_for(timeout=180_000)
-                # the frame, then the ROI sum and radial profile plots, all drawn
-                page.wait_for_function("""() => { const shown = [...document.querySelectorAll(
-                    '.jp-OutputArea-output img.widget-image')].filter(i => i.complete && i.naturalWidth > 0);
-                    return shown.length === 3; }""", timeout=180_000)
-                frame = images.first
-                size = frame.evaluate("img => [img.naturalWidth, img.naturalHeight]")
-                page.get_by_text(re.compile(r"^saved /.*_mean\.nxs")).wait_for(timeout=180_000)
-                figures["browser: login to all cells run (s)"] = round(time.perf_counter() - started, 1)
-                frame.scroll_into_view_if_needed()
-            finally:
-                page.screenshot(path=str(ARTIFACTS / "quickstart-alice.png"))
-                ctx.close()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+    with logged_in(dep.url, "alice", dep.logins["alice"], {"width": 1400, "height": 1100}) as (_, page):
+        try:
+            page.goto(f"{dep.url}/user/alice/lab/tree/examples/01-quickstart.ipynb?reset")
+            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)  # RECIPES §4
+            page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+            page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+            images = page.locator(".jp-OutputArea-output img.widget-image")
+            images.first.wait_for(timeout=180_000)
+            # the frame, then the ROI sum and radial profile plots, all drawn
+            page.wait_for_function("""() => { const shown = [...document.querySelectorAll(
+                '.jp-OutputArea-output img.widget-image')].filter(i => i.complete && i.naturalWidth > 0);
+                return shown.length === 3; }""", timeout=180_000)
+            frame = images.first
+            size = frame.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+            page.get_by_text(re.compile(r"^saved /.*_mean\.nxs")).wait_for(timeout=180_000)
+            figures["browser: login to all cells run (s)"] = round(time.perf_counter() - started, 1)
+            frame.scroll_into_view_if_needed()
+        finally:
+            page.screenshot(path=str(ARTIFACTS / "quickstart-alice.png"))
     assert size == [514, 531]  # 1028×1062 frame, shown 2×2-binned
     assert result.exists(), f"{result} was not written by the browser run"
     check_mean_frame(dep, catalog, "alice")
