@@ -251,16 +251,20 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
         try:
             ip_port = await self._start_in_sandbox()
             launched = time.perf_counter()
-            await self._until_it_answers(*ip_port)
-            self.log.info("%s's server answered %.1f s after it was launched", self._log_name,
-                          time.perf_counter() - launched)
+            if await self._until_it_answers(*ip_port):
+                self.log.info("%s's server answered %.1f s after it was launched", self._log_name,
+                              time.perf_counter() - launched)
+            else:  # JupyterHub's own wait then reports the exit or the timeout to the user
+                self.log.warning("%s's server did not answer within %.0f s of its launch (exited or still starting)",
+                                 self._log_name, time.perf_counter() - launched)
             started = True
             return ip_port
         finally:  # the turn ends when the server answers (its start's CPU is spent) or fails
             self.start_queue.end_turn(self._log_name, started=started)
 
-    async def _until_it_answers(self, ip: str, port: int) -> None:
-        """Wait until the new server answers HTTP (then JupyterHub's own wait is short), or exits.
+    async def _until_it_answers(self, ip: str, port: int) -> bool:
+        """Wait until the new server answers HTTP (then JupyterHub's own wait is short: True), or exits or
+        the start's time is up (False).
 
         Twice a second: is the process alive, and does its port take a TCP connection (the server
         listens once its extensions are loaded)? Only then one HTTP request. Forty servers starting
@@ -279,8 +283,9 @@ class BeamsideSpawner(UserServer, LocalProcessSpawner):
             try:
                 await wait_for_http_server(url, timeout=max(1.0, deadline - loop.time()))
             except TimeoutError:
-                pass
-            return
+                return False
+            return True
+        return False
 
     async def _start_in_sandbox(self):
         base_cmd, base_popen = list(self.cmd), dict(self.popen_kwargs)
