@@ -55,7 +55,7 @@ if [ "$(id -u)" = 0 ] && [ ! -x /usr/bin/chromium ]; then
 fi
 # The desktop in the browser (hub/desktop.py): TigerVNC, XFCE and Qt's X libraries, from the list the
 # chart's singleuser image installs too.
-DESKTOP_PACKAGES=$(grep -v '^#' hub/desktop_session/debian-packages.txt | tr '\n' ' ')
+DESKTOP_PACKAGES=$(grep -v '^#' hub/desktop-session/debian-packages.txt | tr '\n' ' ')
 desktop_installed() {  # every package installed (dpkg-query prints nothing for one it does not know)
   [ "$(dpkg-query -W -f='${Status}\n' $DESKTOP_PACKAGES 2>/dev/null | grep -c 'install ok installed')" = "$(echo $DESKTOP_PACKAGES | wc -w)" ]
 }

@@ -40,7 +40,9 @@ def gateway_client_env(runtime: Runtime) -> dict:
     """dask-gateway client config for user servers: ``al.cluster()`` then needs no arguments.
 
     User servers reach the gateway on an internal address, not the public one: on Kubernetes through
-    the proxy's Service, on one machine straight at the gateway's own proxy.
+    the proxy's Service, on one machine straight at the gateway's own proxy. JupyterLab's Dask panel
+    (dask-labextension) makes its clusters on the same gateway: its "New" button is ``al.cluster()``'s
+    cluster (two workers), next to the data, with the user's limits (and it lists the clusters it made).
     """
     a = runtime.addresses
     return {
@@ -48,6 +50,9 @@ def gateway_client_env(runtime: Runtime) -> dict:
         "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{a.gateway_tcp}",
         "DASK_GATEWAY__PUBLIC_ADDRESS": f"{GATEWAY_PREFIX}/",
         "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+        "DASK_LABEXTENSION__FACTORY__MODULE": "dask_gateway",
+        "DASK_LABEXTENSION__FACTORY__CLASS": "GatewayCluster",
+        "DASK_LABEXTENSION__DEFAULT__WORKERS": "2",  # as al.cluster()'s
     }
 
 
@@ -184,10 +189,11 @@ def configure_gateway(c, runtime: Runtime) -> None:
     cc.cluster_max_cores = dask.max_cores
     cc.cluster_max_memory = dask.max_memory
     cc.idle_timeout = dask.idle_timeout
-    cc.environment = {**quiet_environment(), **environment}
+    environment = cc.environment = {**quiet_environment(), **environment}
 
     def options_handler(options, user):
         config = {WORKER_CORES: options.worker_cores, WORKER_MEMORY: int(options.worker_memory * WORKER_MEMORY_UNIT)}
+        # a platform's per-cluster "environment" replaces cc.environment (Kubernetes: the pods'), so it is built on it
         config.update(platform.cluster_config(runtime, user.name, environment))
         return config
 

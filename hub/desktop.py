@@ -8,11 +8,11 @@ inside the user's sandbox (hub/sandbox.py): the same read-only beamtimes, the sa
 namespace (its X display's abstract socket is no one else's), no capabilities, and it stops with the
 server (hub/limits.py kills what is left in the server's cgroup).
 
-What beamside adds is the session itself (``desktop_session/``, the ``xstartup`` handed to
+What beamside adds is the session itself (``desktop-session/``, the ``xstartup`` handed to
 vncserver through jupyter-remote-desktop-proxy's ``JUPYTER_REMOTE_DESKTOP_PROXY_XSTARTUP``): XFCE's window
 manager, panel and settings daemon on a plain background, and menu entries for the facility's programs.
 A user on a slow link lowers the desktop's update rate in TigerVNC's own per-user file,
-``~/.vnc/config`` (``FrameRate=10``), read when the desktop starts (docs/deployment.md gives the figures).
+``~/.vnc/config`` (``FrameRate=2``), read when the desktop starts (docs/deployment.md gives the figures).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-SESSION_DIR = Path(__file__).with_name("desktop_session")
+SESSION_DIR = Path(__file__).with_name("desktop-session")
 XSTARTUP = SESSION_DIR / "xstartup"
 # what a desktop needs on the machine (or in the image): the VNC server and the XFCE session
 PROGRAMS = ("vncserver", "Xtigervnc", "xfce4-session", "xfwm4", "xfce4-panel", "dbus-launch")

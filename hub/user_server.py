@@ -18,7 +18,8 @@ that CPU is what they wait for.
   the first request to it (:class:`_Deferred`); ``tests/test_user_server.py`` checks that the routes
   are still upstream's.
 
-The server also hands its desktop beamside's session (:mod:`beamside_hub.desktop`), found in its own
+It adds the user's landing page (:mod:`beamside_hub.landing`, "Your beamtimes" in the launcher). The
+server also hands its desktop beamside's session (:mod:`beamside_hub.desktop`), found in its own
 installation, whichever platform started it.
 
 And one default changes: JupyterLab's settings defaults come from ``overrides.json`` beside this
@@ -33,13 +34,14 @@ given on the command line still win over these defaults.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
 
 from tornado.web import RequestHandler
 
-from . import desktop
+from . import desktop, landing
 
 # The server extensions whose routes are registered deferred: their routes as each one's own
 # loader registers them (path under the base URL, module, handler class), and the handler's options.
@@ -100,15 +102,16 @@ def _jupyter_server_extension_points():
 
 
 def _load_jupyter_server_extension(server_app) -> None:
-    """Register the deferred extensions' routes (see the module's docstring)."""
+    """Register the deferred extensions' routes (see the module's docstring) and the landing page."""
     from jupyter_server.utils import url_path_join
 
     base_url = server_app.web_app.settings["base_url"]
     handlers = [
         (url_path_join(base_url, path), type(name, (_Deferred,), {"real": (module, name)}), _options(extension, server_app))
-        for extension, routes in DEFERRED.items() for path, module, name in routes
+        for extension, routes in DEFERRED.items() if importlib.util.find_spec(extension) is not None  # installed
+        for path, module, name in routes
     ]
-    server_app.web_app.add_handlers(".*$", handlers)
+    server_app.web_app.add_handlers(".*$", handlers + landing.handlers(base_url))
 
 
 def main(argv: list[str] | None = None) -> int | None:

@@ -9,7 +9,7 @@ import io
 import numpy as np
 
 VIEWPORT = {"width": 1280, "height": 800}
-# Where beamside's desktop menu (hub/desktop_session) puts its entries in that viewport: the panel's
+# Where beamside's desktop menu (hub/desktop-session) puts its entries in that viewport: the panel's
 # Applications button, then each entry's centre; a submenu opens to the right of its parent.
 APPLICATIONS = (55, 48)
 MENU = {

@@ -215,6 +215,9 @@ def test_quickstart_in_the_browser(dep, catalog, kernels):
     ARTIFACTS.mkdir(exist_ok=True)
     started = time.perf_counter()
     with logged_in(dep.url, "alice", dep.logins["alice"], {"width": 1400, "height": 1100}) as (_, page):
+        console_errors = []
+        page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: console_errors.append(str(e)))
         try:
             page.goto(f"{dep.url}/user/alice/lab/tree/examples/01-quickstart.ipynb?reset")
             page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)  # RECIPES §4
@@ -231,8 +234,24 @@ def test_quickstart_in_the_browser(dep, catalog, kernels):
             page.get_by_text(re.compile(r"^saved /.*_mean\.nxs")).wait_for(timeout=180_000)
             figures["browser: login to all cells run (s)"] = round(time.perf_counter() - started, 1)
             frame.scroll_into_view_if_needed()
-        finally:
             page.screenshot(path=str(ARTIFACTS / "quickstart-alice.png"))
+            # what a scientist should not see in their first session (issue 15)
+            noise = {text: page.get_by_text(text).count() for text in (
+                "pyOpenCl", "WARNING:silx", "Would you like to get notified about official Jupyter news?")}
+            stderr = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
+            warnings = stderr.all_inner_texts()
+            # the saved result, opened by double-click in the file browser
+            page.goto(f"{dep.url}/user/alice/lab/tree/results")
+            page.locator(".jp-DirListing-item", has_text=result.name).dblclick(timeout=60_000)
+            # h5web follows the file's NeXus @default to the mean frame and draws it as a heatmap
+            page.get_by_text("NX Heatmap").wait_for(timeout=120_000)
+            page.get_by_text("mean frame", exact=True).wait_for(timeout=60_000)
+            page.wait_for_timeout(2000)
+        finally:
+            page.screenshot(path=str(ARTIFACTS / "quickstart-alice-h5web.png"))
+    assert noise == dict.fromkeys(noise, 0), noise
+    assert warnings == [], warnings
+    assert console_errors == [], console_errors
     assert size == [514, 531]  # 1028×1062 frame, shown 2×2-binned
     assert result.exists(), f"{result} was not written by the browser run"
     check_mean_frame(dep, catalog, "alice")
