@@ -148,6 +148,16 @@ class SlurmCluster:
         state = parse_record(done.stdout.strip()).get("State", "") if done.returncode == 0 else ""
         return state.lower()
 
+    def assert_drained(self, timeout: float = 60) -> None:
+        """No job left and the node idle again, after a deployment stopped (this SLURM serves later modules)."""
+        deadline = time.monotonic() + timeout
+        while ((left := self.run("squeue", "--noheader", "--format", "%i %u %j %T %M").stdout.strip())
+               or self.node_state() != "idle") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left and self.node_state() == "idle", \
+            f"jobs left after the deployment stopped (node {self.node_state()}):\n{left}\n" \
+            f"{self.run('scontrol', 'show', 'node').stdout}\n{self.run('squeue', '--states=all').stdout[-3000:]}"
+
     def stop(self, timeout: float = 30) -> None:
         """Cancel what is left of the jobs, then stop slurmd, slurmctld and munged by PID."""
         if self.procs.get("slurmctld") and self.procs["slurmctld"].poll() is None:

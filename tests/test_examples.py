@@ -70,6 +70,8 @@ def run_notebook(kernel: Kernel, name: str) -> str:
             continue
         out = kernel.run(cell.source)
         assert out["status"] == "ok", f"{name}, cell {number}: {out['error']}\n{out['stderr'][-2000:]}"
+        # nothing on stderr: no library warning a scientist can do nothing about (issue 15)
+        assert out["stderr"] == "", f"{name}, cell {number} wrote to stderr:\n{out['stderr'][-2000:]}"
         printed.append(out["stdout"])
     figures[f"{name} in a user server (s)"] = round(time.perf_counter() - started, 1)
     return "".join(printed)

@@ -62,14 +62,7 @@ def dep(request):
     shutil.copy(folder / "state" / "logs" / "jupyterhub.log", ARTIFACTS / f"jupyterhub-{platform}.log")
     shutil.rmtree(folder, ignore_errors=True)
     if platform == "slurm":  # nothing of this deployment left in the queue (the SLURM serves later modules)
-        slurm = request.getfixturevalue("slurm")
-        deadline = time.monotonic() + 60
-        while ((left := slurm.run("squeue", "--noheader", "--format", "%i %u %j %T %M").stdout.strip())
-               or slurm.node_state() != "idle") and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not left and slurm.node_state() == "idle", \
-            f"jobs left after the deployment stopped (node {slurm.node_state()}):\n{left}\n" \
-            f"{slurm.run('scontrol', 'show', 'node').stdout}\n{slurm.run('squeue', '--states=all').stdout[-3000:]}"
+        request.getfixturevalue("slurm").assert_drained()
 
 
 def figure(dep, name: str, value) -> None:

@@ -31,14 +31,26 @@ from .browser import logged_in
 from .deploy import ARTIFACTS, deployment_for_module, wait_for
 from .desktop import VIEWPORT, Desktop, viridis_pixels
 from .hubclient import Kernel
+from .slurm import beamside_settings
 
 DESKTOP_PROGRAMS = ("Xtigervnc", "xfce4-session", "xfwm4", "xfce4-panel", "xfsettingsd", "xfce4-terminal", "silx")
 figures: dict = {}
 
 
-@pytest.fixture(scope="module")
-def dep():
-    yield from deployment_for_module("session", figures, users=("alice", "bob", "carol"))
+@pytest.fixture(scope="module", params=["embedded", "slurm"])
+def dep(request):
+    """On one machine, then on SLURM (servers as jobs: the desktop is the job's child, in its sandbox)."""
+    settings = beamside_settings(request.getfixturevalue("slurm")) if request.param == "slurm" else {}
+    for deployment in deployment_for_module(f"session-{request.param}", figures.setdefault(request.param, {}),
+                                            settings, users=("alice", "bob", "carol")):
+        deployment.platform = request.param
+        yield deployment
+    if request.param == "slurm":
+        request.getfixturevalue("slurm").assert_drained()
+
+
+def figure(dep, name: str, value) -> None:
+    figures[dep.platform][name] = value
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +88,15 @@ def test_silx_view_shows_a_demo_file_in_the_desktop(dep, catalog):
     with logged_in(dep.url, "alice", dep.logins["alice"], VIEWPORT) as (ctx, page):
         desktop = Desktop(ctx, page, dep.url, "alice")
         try:
-            blank = desktop.pixels(ARTIFACTS / "desktop-alice-empty.png")
-            figures["first screen, received (bytes)"] = desktop.received
-            figures["idle desktop, received (bytes/s over 10 s)"] = round(desktop.rate(10))
+            blank = desktop.pixels(ARTIFACTS / f"desktop-alice-empty-{dep.platform}.png")
+            figure(dep, "first screen, received (bytes)", desktop.received)
+            figure(dep, "idle desktop, received (bytes/s over 10 s)", round(desktop.rate(10)))
             assert viridis_pixels(blank)[0] < 100
 
             desktop.menu("Science", "silx view")
             wait_for(lambda: silx_views(dep, "alice"), 60, "silx view started from the Science menu")
             desktop.page.wait_for_timeout(5000)
-            desktop.pixels(ARTIFACTS / "desktop-alice-menu-silx.png")
+            desktop.pixels(ARTIFACTS / f"desktop-alice-menu-silx-{dep.platform}.png")
             for view in silx_views(dep, "alice"):
                 view.terminate()
 
@@ -99,9 +111,9 @@ def test_silx_view_shows_a_demo_file_in_the_desktop(dep, catalog):
                 return (pixels, levels) if pixels > 5000 else None
 
             _, levels = wait_for(image_on_screen, 120, "silx view's image of the scan on the desktop's screen")
-            figures["up to silx view's image of the scan, received (bytes)"] = desktop.received
+            figure(dep, "up to silx view's image of the scan, received (bytes)", desktop.received)
         finally:
-            desktop.pixels(ARTIFACTS / "desktop-alice-silx.png")
+            desktop.pixels(ARTIFACTS / f"desktop-alice-silx-{dep.platform}.png")
     assert levels >= 20, f"only {levels} colormap levels on screen: not an image of the frame"
     text = wait_for(lambda: probe.exists() and probe.read_text(), 30, "the terminal's probe file")
     account = unix_name("alice")
@@ -133,8 +145,8 @@ def test_the_desktop_runs_as_the_user_in_her_sandbox(dep, catalog):
             assert os.readlink(f"/proc/{p.pid}/ns/{ns}") == os.readlink(f"/proc/{server.pid}/ns/{ns}"), (p.name(), ns)
             assert os.readlink(f"/proc/{p.pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), (p.name(), ns)
         assert sorted(os.listdir(f"/proc/{p.pid}/root{catalog.data_root}")) == mine, p.name()
-    figures["desktop processes with silx view and a terminal, PSS (MB)"] = round(
-        sum(p.memory_full_info().pss for p in procs) / 1e6, 1)
+    figure(dep, "desktop processes with silx view and a terminal, PSS (MB)",
+           round(sum(p.memory_full_info().pss for p in procs) / 1e6, 1))
     xvnc = next(p for p in procs if p.name() == "Xtigervnc")
     assert not [c for c in xvnc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN], \
         "the VNC server listens on a TCP port"
@@ -213,7 +225,7 @@ def test_the_launcher_opens_the_landing_page(dep, catalog):
             card.click()
         landing_page = opened.value
         landing_page.locator("#beamtimes").wait_for(timeout=60_000)
-        landing_page.screenshot(path=str(ARTIFACTS / "landing-alice.png"), full_page=True)
+        landing_page.screenshot(path=str(ARTIFACTS / f"landing-alice-{dep.platform}.png"), full_page=True)
         rows = landing_page.locator("#beamtimes tr").all_inner_texts()[1:]
     assert [row.split("\t")[0] for row in rows] == [bt.id for bt in catalog.readable("alice")], rows
 
@@ -236,11 +248,11 @@ def test_the_dask_panel_starts_a_cluster_on_the_gateway(dep):
             wait_for(lambda: [c for c in clusters() if c["status"] == "running" and c.get("workers") == 2], 180,
                  "the panel's cluster, running with its two workers, on alice's landing page")
             assert len(clusters()) == 1, clusters()
-            page.screenshot(path=str(ARTIFACTS / "dask-panel-alice.png"))
+            page.screenshot(path=str(ARTIFACTS / f"dask-panel-alice-{dep.platform}.png"))
             page.locator(".dask-ClusterListingItem-button-panel").get_by_text("Shutdown").first.click()
             page.locator(".dask-ClusterListingItem-title").wait_for(state="detached", timeout=120_000)
         finally:
-            page.screenshot(path=str(ARTIFACTS / "dask-panel-alice-after.png"))
+            page.screenshot(path=str(ARTIFACTS / f"dask-panel-alice-after-{dep.platform}.png"))
     wait_for(lambda: clusters() == [], 120, "the cluster gone after the panel's Shutdown")
 
 
