@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import functools
 import json
 import os
 from pathlib import Path
@@ -120,10 +121,15 @@ class LandingHandler(JupyterHandler):
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps(facts))
             return
-        import jinja2
+        self.finish(_template().render(base=self.base_url, **facts))
 
-        template = jinja2.Environment(autoescape=True).from_string(TEMPLATE.read_text())
-        self.finish(template.render(base=self.base_url, **facts))
+
+@functools.cache
+def _template():
+    """The page's template, read and compiled at the first view (not at the server's start)."""
+    import jinja2
+
+    return jinja2.Environment(autoescape=True).from_string(TEMPLATE.read_text())
 
 
 def handlers(base_url: str) -> list:

@@ -116,7 +116,8 @@ def _load_jupyter_server_extension(server_app) -> None:
 
 def main(argv: list[str] | None = None) -> int | None:
     _no_yarn_registry()
-    os.environ.update({k: v for k, v in desktop.environment().items() if k not in os.environ})
+    for name, value in desktop.environment().items():
+        os.environ.setdefault(name, value)
     from jupyterhub.singleuser import main as singleuser_main
 
     given = sys.argv[1:] if argv is None else argv
